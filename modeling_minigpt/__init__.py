@@ -12,10 +12,19 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
 )
 
 from .configuration_minigpt import MINIGPT_PRESETS, MiniBertConfig, MiniGPTConfig, MiniT5Config
+from .modeling_minigpt_bert import (
+    MiniBertForMaskedLM,
+    MiniBertForSequenceClassification,
+    MiniBertForTokenClassification,
+    MiniBertModel,
+    MiniBertPreTrainedModel,
+)
 from .modeling_minigpt_gpt import (
     MiniGPTForCausalLM,
     MiniGPTForSequenceClassification,
@@ -31,6 +40,12 @@ _REGISTRY = [
         AutoModel: MiniGPTModel,
         AutoModelForCausalLM: MiniGPTForCausalLM,
         AutoModelForSequenceClassification: MiniGPTForSequenceClassification,
+    }),
+    (MiniBertConfig, {
+        AutoModel: MiniBertModel,
+        AutoModelForMaskedLM: MiniBertForMaskedLM,
+        AutoModelForSequenceClassification: MiniBertForSequenceClassification,
+        AutoModelForTokenClassification: MiniBertForTokenClassification,
     }),
 ]
 
@@ -64,5 +79,7 @@ def __getattr__(name):
 __all__ = [
     "MINIGPT_PRESETS", "MiniGPTConfig", "MiniBertConfig", "MiniT5Config",
     "MiniGPTPreTrainedModel", "MiniGPTModel", "MiniGPTForCausalLM", "MiniGPTForSequenceClassification",
+    "MiniBertPreTrainedModel", "MiniBertModel", "MiniBertForMaskedLM", "MiniBertForSequenceClassification",
+    "MiniBertForTokenClassification",
     *_LAZY,
 ]
