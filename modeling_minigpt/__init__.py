@@ -13,6 +13,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -31,6 +32,7 @@ from .modeling_minigpt_gpt import (
     MiniGPTModel,
     MiniGPTPreTrainedModel,
 )
+from .modeling_minigpt_t5 import MiniT5ForConditionalGeneration, MiniT5Model, MiniT5PreTrainedModel
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,7 @@ _REGISTRY = [
         AutoModelForSequenceClassification: MiniBertForSequenceClassification,
         AutoModelForTokenClassification: MiniBertForTokenClassification,
     }),
+    (MiniT5Config, {AutoModel: MiniT5Model, AutoModelForSeq2SeqLM: MiniT5ForConditionalGeneration}),
 ]
 
 
@@ -81,5 +84,6 @@ __all__ = [
     "MiniGPTPreTrainedModel", "MiniGPTModel", "MiniGPTForCausalLM", "MiniGPTForSequenceClassification",
     "MiniBertPreTrainedModel", "MiniBertModel", "MiniBertForMaskedLM", "MiniBertForSequenceClassification",
     "MiniBertForTokenClassification",
+    "MiniT5PreTrainedModel", "MiniT5Model", "MiniT5ForConditionalGeneration",
     *_LAZY,
 ]
