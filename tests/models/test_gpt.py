@@ -1,0 +1,182 @@
+"""MiniGPT as a first-class transformers model: generation modes, caches, padding, compile, heads, bad input."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, StaticCache
+
+from modeling_minigpt import MINIGPT_PRESETS, MiniGPTConfig, MiniGPTForCausalLM, MiniGPTForSequenceClassification
+
+PRESETS = ["tiny", "tiny-llama"]
+
+
+def tiny(preset="tiny", **kw):
+    base = dict(vocab_size=96, max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    return MiniGPTForCausalLM(MiniGPTConfig.from_preset(preset, **{**base, **kw})).eval()
+
+
+def prompt(batch=1, length=6):
+    return torch.randint(2, 96, (batch, length))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cache_equals_no_cache(preset):
+    model = tiny(preset)
+    ids = prompt(2)
+    kw = dict(max_new_tokens=12, do_sample=False, eos_token_id=None)
+    torch.testing.assert_close(model.generate(ids, use_cache=True, **kw), model.generate(ids, use_cache=False, **kw))
+    # and the cached logits of a step equal the full forward's
+    full = model(torch.cat([ids, ids], 1)).logits[:, -1]
+    out = model(ids, use_cache=True)
+    step = model(ids, past_key_values=out.past_key_values, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_left_padded_batch_continues_each_row_as_alone(preset):
+    model = tiny(preset)
+    rows = [prompt(1, 4)[0], prompt(1, 9)[0]]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    batched = model.generate(ids, attention_mask=mask, **kw)[:, width:]
+    for i, r in enumerate(rows):
+        alone = model.generate(r[None], **kw)[:, len(r):]
+        torch.testing.assert_close(batched[i:i + 1], alone)
+
+
+def test_static_cache_and_compile_match_dynamic():
+    model = tiny("tiny-llama")
+    ids = prompt(1)
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=None)
+    dynamic = model.generate(ids, **kw)
+    torch.testing.assert_close(model.generate(ids, cache_implementation="static", **kw), dynamic)
+    compiled = torch.compile(model.forward, dynamic=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+    cache = StaticCache(config=model.config, max_cache_len=32)
+    out = model(ids, past_key_values=cache, use_cache=True)
+    torch.testing.assert_close(out.logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_modes_are_seeded_and_constrained():
+    model = tiny()
+    ids = prompt(1)
+
+    def sample(seed, **kw):
+        torch.manual_seed(seed)
+        return model.generate(ids, do_sample=True, max_new_tokens=10, eos_token_id=None, **kw)
+
+    assert torch.equal(sample(0, temperature=0.7, top_k=5, top_p=0.9), sample(0, temperature=0.7, top_k=5, top_p=0.9))
+    # top_k=1 is greedy whatever the temperature
+    greedy = model.generate(ids, do_sample=False, max_new_tokens=10, eos_token_id=None)
+    assert torch.equal(sample(1, top_k=1, temperature=5.0), greedy)
+    # a tiny top_p keeps only the most likely token too
+    assert torch.equal(sample(2, top_p=1e-6), greedy)
+
+
+def test_beam_search_and_repetition_penalty():
+    model = tiny()
+    ids = prompt(2)
+    beams = model.generate(ids, num_beams=3, num_return_sequences=3, max_new_tokens=6, do_sample=False,
+                           eos_token_id=None, output_scores=True, return_dict_in_generate=True)
+    assert beams.sequences.shape == (6, 12)
+    assert torch.all(beams.sequences_scores[:-1:3] >= beams.sequences_scores[1::3])
+    plain = model.generate(ids[:1], max_new_tokens=20, do_sample=False, eos_token_id=None)[0, 6:].tolist()
+    assert len(set(plain)) < len(plain), "an untrained tiny model repeats itself under greedy decoding"
+    out = model.generate(ids[:1], max_new_tokens=20, do_sample=False, repetition_penalty=1e6, eos_token_id=None)
+    new = out[0, 6:].tolist()
+    assert len(set(new)) == len(new) and not set(new) & set(ids[0].tolist())
+
+
+def test_streaming_yields_every_token():
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.chunks = []
+
+        def put(self, value):
+            self.chunks.append(value.flatten().tolist())
+
+        def end(self):
+            self.chunks.append("end")
+
+    model, streamer = tiny(), Collect()
+    ids = prompt(1)
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, eos_token_id=None, streamer=streamer)
+    assert streamer.chunks[0] == ids[0].tolist() and streamer.chunks[-1] == "end"
+    assert sum(streamer.chunks[1:-1], []) == out[0, 6:].tolist()
+
+
+def test_tied_embeddings_gradient_checkpointing_and_resize():
+    model = tiny()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert not tiny("tiny-llama", tie_word_embeddings=False).lm_head.weight is None
+    model.train()
+    model.gradient_checkpointing_enable()
+    ids = prompt(2, 10)
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    model.resize_token_embeddings(100)
+    assert model.config.vocab_size == 100 and model.lm_head.weight.shape == (100, 128)
+    assert model(torch.tensor([[99]])).logits.shape == (1, 1, 100)
+
+
+def test_num_parameters_matches_gpt2_small():
+    with torch.device("meta"):
+        model = MiniGPTForCausalLM(MiniGPTConfig.from_preset("gpt2"))
+    assert model.num_parameters() == 124_439_808  # the published GPT-2 small count, tied head
+    assert set(MINIGPT_PRESETS) >= {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-small", "tiny"}
+
+
+def test_bf16_load_and_auto_classes(tmp_path):
+    model = tiny("tiny-llama")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16 and isinstance(loaded, MiniGPTForCausalLM)
+    ids = prompt(1)
+    torch.testing.assert_close(loaded(ids).logits.float(), model(ids).logits, atol=0.1, rtol=0.1)
+    cls = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=3)
+    assert isinstance(cls, MiniGPTForSequenceClassification)
+    torch.testing.assert_close(cls.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_hidden_states_and_attentions_are_recorded():
+    model = tiny()
+    model.config._attn_implementation = "eager"
+    out = model(prompt(1), output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == 5 and len(out.attentions) == 4
+    assert out.attentions[0].shape == (1, 4, 6, 6)
+    assert torch.all(out.attentions[0][0, :, 0, 1:] == 0)  # causal
+
+
+def test_sequence_classification_pools_last_non_pad_token_left_or_right():
+    model = MiniGPTForSequenceClassification(MiniGPTConfig.from_preset("tiny", vocab_size=96, pad_token_id=0,
+                                                                       num_labels=2)).eval()
+    row = prompt(1, 5)
+    right = torch.cat([row, torch.zeros(1, 3, dtype=torch.long)], 1)
+    alone = model(row).logits
+    torch.testing.assert_close(model(right).logits, alone, atol=1e-5, rtol=1e-5)
+    left = torch.cat([torch.zeros(1, 3, dtype=torch.long), row], 1)
+    mask = (left != 0).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # what generate() derives for left padding
+    model.config.pad_token_id = None
+    torch.testing.assert_close(model(left, attention_mask=mask, position_ids=positions).logits, alone,
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pad_token_id or an attention_mask"):
+        model(torch.cat([row, row]))
+
+
+def test_bad_input_is_named():
+    model = tiny()
+    with pytest.raises(ValueError, match="token id 96, outside the vocabulary"):
+        model(torch.tensor([[1, 96]]))
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(prompt(1, 65))
+    with pytest.raises(ValueError, match="preset='gpt5'"):
+        MiniGPTConfig.from_preset("gpt5")
