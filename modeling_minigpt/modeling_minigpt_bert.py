@@ -101,7 +101,7 @@ class MiniBertModel(MiniBertPreTrainedModel):
             _check_token_types(token_type_ids, self.config.type_vocab_size)
             inputs_embeds = inputs_embeds + self.token_type_embeddings(token_type_ids)
         elif token_type_ids is not None:
-            _check_token_types(token_type_ids, 1)  # tokenizers emit all-zero segments; anything else is lost
+            _check_token_types(token_type_ids, 0)
         if position_ids is None:
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
         hidden_states, rotary = self.embed_positions(inputs_embeds, position_ids)
@@ -125,12 +125,13 @@ class MiniBertModel(MiniBertPreTrainedModel):
 
 
 def _check_token_types(token_type_ids, type_vocab_size):
+    """type_vocab_size=0 disables token types; the all-zero segments tokenizers emit are then accepted."""
     if torch.compiler.is_compiling() or not token_type_ids.numel():
         return
-    low, high = int(token_type_ids.min()), int(token_type_ids.max())
-    if low < 0 or high >= type_vocab_size:
-        raise ValueError(f"token_type_ids contains {high if high >= type_vocab_size else low}, outside "
-                         f"[0, {type_vocab_size}) allowed by type_vocab_size={type_vocab_size}")
+    low, high, limit = int(token_type_ids.min()), int(token_type_ids.max()), max(type_vocab_size, 1)
+    if low < 0 or high >= limit:
+        raise ValueError(f"token_type_ids contains {high if high >= limit else low}, outside [0, {limit}) "
+                         f"allowed by config.type_vocab_size={type_vocab_size}")
 
 
 def _zero_if_no_targets(loss, labels, ignore_index=-100):
