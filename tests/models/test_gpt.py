@@ -180,3 +180,40 @@ def test_bad_input_is_named():
         model(prompt(1, 65))
     with pytest.raises(ValueError, match="preset='gpt5'"):
         MiniGPTConfig.from_preset("gpt5")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_and_folder(tmp_path_factory):
+    from modeling_minigpt.tokenization import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("gpt")
+    text = [f"the quick brown fox {i} jumps over the lazy dog." for i in range(200)]
+    tok = train_tokenizer(texts=text, vocab_size=400, family="gpt", show_progress=False)
+    config = MiniGPTConfig.from_preset("tiny", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    MiniGPTForCausalLM(config).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return tok, folder
+
+
+def test_stop_strings_end_generation(tokenizer_and_folder):
+    tok, folder = tokenizer_and_folder
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = tok("the quick", return_tensors="pt").input_ids
+    free = model.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
+    text = tok.decode(free)
+    stop = text[len(text) // 2:len(text) // 2 + 2]  # a string the free run is known to produce
+    assert stop.strip(), text
+    out = model.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, stop_strings=[stop],
+                         tokenizer=tok)[0, ids.shape[1]:]
+    assert len(out) < len(free) and stop in tok.decode(out)
+
+
+def test_text_generation_pipeline_from_folder(tokenizer_and_folder):
+    from transformers import pipeline
+
+    _, folder = tokenizer_and_folder
+    pipe = pipeline("text-generation", model=str(folder), trust_remote_code=True)
+    out = pipe("the quick brown", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("the quick brown")
+    assert len(out[0]["generated_text"]) > len("the quick brown")
