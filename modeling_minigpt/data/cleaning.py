@@ -235,6 +235,8 @@ def _read_table(path: Path, kind: str, text_field: str):
     import datasets  # heavy: imported only for json/parquet inputs
 
     datasets.disable_progress_bars()
+    if path.stat().st_size == 0:
+        raise ValueError(f"input {path} is empty")
     rows = 0
     try:
         for rows, row in enumerate(datasets.load_dataset(kind, data_files=[str(path)], split="train",
@@ -247,7 +249,7 @@ def _read_table(path: Path, kind: str, text_field: str):
     except Exception as err:  # datasets/pyarrow raise many types (and StopIteration for an empty file)
         if isinstance(err, (ValueError, OSError)) and str(path) in str(err):
             raise
-        raise ValueError(f"input {path} could not be read as {kind}: {err or type(err).__name__}") from None
+        raise ValueError(f"input {path} could not be read as {kind}: {str(err) or type(err).__name__}") from None
     if rows == 0:
         raise ValueError(f"input {path} is empty")
 
