@@ -1,0 +1,260 @@
+"""The training loop: accelerate, AdamW, warmup + cosine, accumulation, clipping, eval, checkpoints, resume.
+
+``args`` is any object with TrainingArguments-named attributes (``recipes/pretrain.py``'s dataclasses):
+output_dir, max_steps, per_device_train_batch_size, per_device_eval_batch_size, gradient_accumulation_steps,
+learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon, max_grad_norm, lr_scheduler_type,
+lr_scheduler_kwargs, warmup_steps, logging_steps, eval_steps, save_steps, save_total_limit, seed,
+max_nonfinite_steps, dataloader_num_workers.
+
+Resume is bit-identical (SIGKILL + relaunch gives the same final loss as one uninterrupted run, dropout on): the
+sampler is accelerate's seedable one, the DataLoader owns its generator, the optimizer, scheduler and step counter
+go through ``save_state``, and the data position is restored with ``set_epoch`` + ``skip_first_batches``.
+"""
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from .checkpoints import latest_valid_checkpoint, save_checkpoint
+from .metrics import MetricsWriter, bits_per_byte, peak_flops
+from .signals import GracefulStop, isolated_rng
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many non-finite losses in a row; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """The counters that ``save_state`` stores beside the model (via ``register_for_checkpointing``)."""
+
+    step: int = 0
+    tokens: int = 0
+
+    def state_dict(self):
+        return {"step": self.step, "tokens": self.tokens}
+
+    def load_state_dict(self, state):
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+
+
+@dataclass
+class Objective:
+    """What the loop needs to know about the task. ``causal``: labels are shifted inside the model."""
+
+    name: str  # "causal" | "mlm" | "span"
+    tokens_per_sample: int  # raw text tokens one training sample holds (the packed block)
+    eval_tokens_per_byte: float | None = None  # validation tokens / validation bytes, for bits per byte
+    flops_per_token: float | None = None  # forward + backward, for MFU
+
+    def count(self, labels: torch.Tensor) -> torch.Tensor:
+        """Number of tokens the mean loss of this batch was taken over."""
+        return (labels[:, 1:] != -100).sum() if self.name == "causal" else (labels != -100).sum()
+
+
+def build_optimizer(model, args, device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not on norms, biases), fused kernels where the device has them."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                             eps=args.adam_epsilon, fused=device.type == "cuda")
+
+
+def build_scheduler(optimizer, args):
+    from transformers import get_scheduler
+
+    return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.warmup_steps,
+                         num_training_steps=args.max_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+
+
+def build_dataloaders(train_ds, eval_ds, collator, args):
+    from datasets import IterableDataset
+
+    streaming = isinstance(train_ds, IterableDataset)
+    train_dl = DataLoader(train_ds, batch_size=args.per_device_train_batch_size, shuffle=not streaming,
+                          drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers,
+                          generator=torch.Generator().manual_seed(args.seed))  # own generator: see module doc
+    eval_dl = DataLoader(eval_ds, batch_size=args.per_device_eval_batch_size, collate_fn=collator) \
+        if eval_ds is not None else None
+    return train_dl, eval_dl
+
+
+def micro_batches(accelerator, dataloader, start: int):
+    """Micro-batches from ``start`` (batches already taken by this process) on, epoch after epoch."""
+    try:
+        per_epoch = len(dataloader)
+    except TypeError:  # streaming: no length, so skip from the beginning of the stream
+        per_epoch = None
+    epoch, skip = divmod(start, per_epoch) if per_epoch else (0, start)
+    while True:
+        dataloader.set_epoch(epoch)
+        yielded = 0
+        for batch in accelerator.skip_first_batches(dataloader, skip) if skip else dataloader:
+            yielded += 1
+            yield batch
+        if not yielded and not skip:
+            raise ValueError("the training dataloader yielded no batch: the train split is smaller than one batch")
+        epoch, skip = epoch + 1, 0
+
+
+def evaluate(accelerator, model, eval_dl, objective: Objective, seed: int) -> dict:
+    """Mean loss over every validation token (summed across processes), perplexity and bits per byte."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (loss sum, tokens)
+    with torch.no_grad(), isolated_rng(seed):  # masks of MLM/span eval are fixed; training RNG is untouched
+        for batch in eval_dl:
+            loss = model(**batch).loss
+            n = objective.count(batch["labels"])
+            totals += torch.stack([loss.double() * n, n.double()])
+    model.train()
+    loss_sum, count = accelerator.reduce(totals, "sum").tolist()
+    loss = loss_sum / max(count, 1)
+    bpb = None
+    if objective.name == "causal" and objective.eval_tokens_per_byte:
+        bpb = bits_per_byte(loss, objective.eval_tokens_per_byte, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0)), "eval_bits_per_byte": bpb}
+
+
+def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective, args) -> dict:
+    """Train ``model`` for ``args.max_steps`` optimizer steps, resuming from the newest valid checkpoint.
+
+    Returns ``{"step", "tokens", "eval", "stopped_by"}``; ``stopped_by`` is the signal number when SIGTERM/SIGINT
+    ended the run early (a checkpoint was saved), else None. Raises ``TrainingDivergedError`` after
+    ``args.max_nonfinite_steps`` non-finite losses in a row (each one skips its update).
+    """
+    from accelerate.utils import broadcast_object_list
+
+    optimizer = build_optimizer(model, args, accelerator.device)
+    scheduler = build_scheduler(optimizer, args)
+    train_dl, eval_dl = build_dataloaders(train_ds, eval_ds, collator, args)
+    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    eval_dl = accelerator.prepare(eval_dl) if eval_dl is not None else None
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    resume = [latest_valid_checkpoint(args.output_dir) if accelerator.is_main_process else None]
+    resume = broadcast_object_list(resume)[0]
+    if resume:
+        accelerator.load_state(resume)
+        logger.info("resumed from %s (step %d, %d tokens)", resume, state.step, state.tokens)
+    metrics = MetricsWriter(args.output_dir, accelerator.is_main_process, state.step if resume else None)
+    batches = micro_batches(accelerator, train_dl, state.step * args.gradient_accumulation_steps)
+    tokens_per_step = (args.gradient_accumulation_steps * args.per_device_train_batch_size
+                       * objective.tokens_per_sample * accelerator.num_processes)
+    meter = _Meter(accelerator, objective)
+    result = {"eval": None, "stopped_by": None}
+    with GracefulStop() as stop, _progress(accelerator, args.max_steps, state.step) as bar:
+        while state.step < args.max_steps:
+            start = time.perf_counter()
+            loss, bad, halt = _train_step(accelerator, model, optimizer, scheduler, batches, args, stop)
+            state.step += 1
+            state.tokens += tokens_per_step
+            meter.add(loss, bad, time.perf_counter() - start, tokens_per_step, args.max_nonfinite_steps, state.step)
+            bar.update(1)
+            if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+                row = meter.row(state, scheduler.get_last_lr()[0])
+                metrics.write(row)
+                _report(accelerator, args, row, bar)
+            if eval_dl is not None and (state.step % args.eval_steps == 0 or state.step == args.max_steps):
+                result["eval"] = evaluate(accelerator, model, eval_dl, objective, args.seed)
+                row = {"step": state.step, "tokens": state.tokens, **result["eval"]}
+                metrics.write(row)
+                _report(accelerator, args, row, bar)
+            if state.step % args.save_steps == 0 or state.step == args.max_steps or halt:
+                save_checkpoint(accelerator, args.output_dir, state.step, args.save_total_limit)
+            if halt:
+                result["stopped_by"] = stop.signum or 15
+                logger.warning("stopping on signal %s at step %d; checkpoint saved", result["stopped_by"], state.step)
+                break
+    return {"step": state.step, "tokens": state.tokens, **result, "model": model}
+
+
+def _train_step(accelerator, model, optimizer, scheduler, batches, args, stop):
+    """One optimizer step over ``gradient_accumulation_steps`` micro-batches; skips the update on a bad loss."""
+    losses = []
+    for _ in range(args.gradient_accumulation_steps):
+        batch = next(batches)
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+        losses.append(loss.detach().float())
+    loss = torch.stack(losses).mean()
+    # One collective per step: every rank agrees on skipping (a non-finite loss anywhere) and on stopping.
+    flags = torch.stack([(~torch.isfinite(loss)).float(), torch.tensor(float(stop.requested), device=loss.device)])
+    bad, halt = (accelerator.reduce(flags, "max") if accelerator.num_processes > 1 else flags).tolist()
+    if not bad:
+        if args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item(), bool(bad), bool(halt)
+
+
+class _Meter:
+    """Loss average and throughput over the current logging window; counts non-finite steps in a row."""
+
+    def __init__(self, accelerator, objective):
+        self.accelerator, self.objective = accelerator, objective
+        self.peak = peak_flops(accelerator.device) if objective.flops_per_token else None
+        self.bad_in_a_row = 0
+        self._reset()
+
+    def _reset(self):
+        self.loss_sum, self.steps, self.tokens, self.seconds = 0.0, 0, 0, 0.0
+
+    def add(self, loss, bad: bool, seconds: float, tokens: int, limit: int, step: int):
+        self.tokens += tokens
+        self.seconds += seconds
+        if bad:
+            self.bad_in_a_row += 1
+            logger.warning("non-finite loss at step %d: update skipped (%d in a row)", step, self.bad_in_a_row)
+            if self.bad_in_a_row >= limit:
+                raise TrainingDivergedError(
+                    f"the loss was not finite for {self.bad_in_a_row} steps in a row (last at step {step}); "
+                    "training stopped and the last good checkpoint is kept: lower learning_rate or check the data")
+            return
+        self.bad_in_a_row = 0
+        self.loss_sum += loss
+        self.steps += 1
+
+    def row(self, state, lr) -> dict:
+        """The train row for metrics.jsonl (a collective: every rank calls it at the same step)."""
+        loss = self.accelerator.reduce(torch.as_tensor(self.loss_sum, device=self.accelerator.device).float()
+                                       / max(self.steps, 1), "mean").item() if self.steps else float("nan")
+        tps = self.tokens / max(self.seconds, 1e-9)
+        row = {"step": state.step, "loss": loss, "lr": lr, "tokens": state.tokens, "tokens_per_second": round(tps, 1)}
+        if self.peak:
+            row["mfu"] = round(tps * self.objective.flops_per_token / (self.peak * self.accelerator.num_processes), 6)
+        self._reset()
+        return row
+
+
+@contextlib.contextmanager
+def _progress(accelerator, total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _report(accelerator, args, row: dict, bar) -> None:
+    """Show a row on the progress bar and send it to the trackers (TensorBoard, trackio) when enabled."""
+    shown = {k: row[k] for k in ("loss", "eval_loss", "eval_bits_per_byte", "tokens_per_second", "mfu")
+             if row.get(k) is not None}
+    bar.set_postfix({k.replace("tokens_per_second", "tok/s"): f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+    if accelerator.is_main_process and "loss" not in row:
+        bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if getattr(args, "report_to", "none") not in (None, "none", []):
+        accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=row["step"])
