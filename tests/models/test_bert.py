@@ -135,6 +135,8 @@ def test_token_types_matter_and_are_checked():
         model(torch.tensor([[5, V]]))
     with pytest.raises(ValueError, match="exactly one"):
         model()
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        model(ids(1, 65))
 
 
 def test_pooler_is_config_driven():
