@@ -16,7 +16,9 @@ What happens to each document, in this order (a dropped document is counted once
    sentences removed; the page is then dropped if fewer than ``min_sentences`` sentences remain. A page's spans
    are remembered only if the page is kept, so the first kept occurrence of a span always survives.
 
-Steps 4 and 5 are skipped with ``--no-dedup``. Dedup state is in memory (one 8-byte hash per span and document).
+C4's line rules assume web text with one paragraph per line; for hard-wrapped text (Project Gutenberg) pass
+``--unwrap``, which first joins the lines of each blank-line-separated paragraph. Steps 4 and 5 are skipped
+with ``--no-dedup``. Dedup state is in memory (one 8-byte hash per span and document).
 Input: ``.txt`` files (one document per file, or several with ``--doc-separator``), ``.jsonl``/``.json`` and
 ``.parquet`` files (one document per row, the ``--text-field`` column, read with ``datasets`` streaming), or
 folders of these (searched recursively, sorted, hidden entries skipped).
@@ -44,6 +46,7 @@ SPAN = 3
 # Hand-written splitter: nltk's punkt (what C4 and datatrove use) needs a network download. A sentence ends at
 # . ! ? (plus closing quotes/brackets) followed by whitespace and a character that is not a lower-case letter.
 _BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019\u00bb)\]]*\s+(?=[^a-z\s])")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "fig", "inc"}
 
 
@@ -89,11 +92,11 @@ class C4Cleaner:
     """Applies the rules above to documents one at a time; ``counts`` holds the statistics so far."""
 
     def __init__(self, min_sentences: int = 3, min_words: int = 3, bad_words: list[str] | None = None,
-                 dedup: bool = True):
+                 dedup: bool = True, unwrap: bool = False):
         for name, value in (("min_sentences", min_sentences), ("min_words", min_words)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
-        self.min_sentences, self.min_words, self.dedup = min_sentences, min_words, dedup
+        self.min_sentences, self.min_words, self.dedup, self.unwrap = min_sentences, min_words, dedup, unwrap
         self.bad_words = _bad_words_regex(bad_words if bad_words is not None else load_bad_words())
         self.counts = Counter()
         self._seen_docs: set[int] = set()
@@ -102,6 +105,8 @@ class C4Cleaner:
     def clean(self, text: str) -> str | None:
         """The cleaned document, or None if a rule drops it."""
         self.counts["total"] += 1
+        if self.unwrap:
+            text = "\n".join(" ".join(paragraph.split()) for paragraph in _PARAGRAPH.split(text))
         rule = self._page_rule(text)
         if rule is None:
             lines = self._clean_lines(text)
@@ -177,7 +182,8 @@ class C4Cleaner:
             "lines_dropped": {rule: counts[f"lines_dropped.{rule}"] for rule in LINE_RULES},
             "sentences_removed_span_duplicate": counts["sentences_removed.span_duplicate"],
             "docs_trimmed_span_duplicate": counts["docs_trimmed.span_duplicate"],
-            "settings": {"min_sentences": self.min_sentences, "min_words": self.min_words, "dedup": self.dedup},
+            "settings": {"min_sentences": self.min_sentences, "min_words": self.min_words, "dedup": self.dedup,
+                         "unwrap": self.unwrap},
         }
 
 
@@ -270,13 +276,14 @@ def iter_documents(files, text_field: str = "text", doc_separator: str | None = 
 
 
 def clean_corpus(inputs, output_dir, min_sentences: int = 3, min_words: int = 3, bad_words_file=None,
-                 text_field: str = "text", doc_separator: str | None = None, dedup: bool = True) -> dict:
+                 text_field: str = "text", doc_separator: str | None = None, dedup: bool = True,
+                 unwrap: bool = False) -> dict:
     """Clean ``inputs`` into ``output_dir/cleaned.jsonl`` and ``output_dir/stats.json``; return the stats."""
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
     files = collect_inputs(inputs, exclude=output_dir)
-    cleaner = C4Cleaner(min_sentences, min_words, load_bad_words(bad_words_file), dedup)
+    cleaner = C4Cleaner(min_sentences, min_words, load_bad_words(bad_words_file), dedup, unwrap)
     created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     temps = []
@@ -321,6 +328,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--doc-separator", default=None, metavar="STRING",
                         help=r"split .txt files into documents at STRING (\n and \t are unescaped, e.g. '\n\n\n'); "
                              "default: one document per .txt file")
+    parser.add_argument("--unwrap", action="store_true",
+                        help="join hard-wrapped lines within each blank-line-separated paragraph first (books)")
     parser.add_argument("--no-dedup", action="store_true", help="skip exact and 3-sentence-span deduplication")
 
 
@@ -331,7 +340,7 @@ def run(args) -> int:
         if not separator:
             raise ValueError("--doc-separator must not be empty")
     stats = clean_corpus(args.input, args.output, args.min_sentences, args.min_words, args.bad_words,
-                         args.text_field, separator, not args.no_dedup)
+                         args.text_field, separator, not args.no_dedup, args.unwrap)
     dropped = ", ".join(f"{rule} {n}" for rule, n in stats["docs_dropped"].items() if n)
     print(f"kept {stats['kept']} of {stats['total']} documents ({dropped or 'none dropped'}) "
           f"-> {Path(args.output) / 'cleaned.jsonl'}")

@@ -85,7 +85,7 @@ def test_cli_keeps_exactly_the_documents_every_rule_allows(cleaned):
 def test_cli_stats_count_each_rule(cleaned):
     stats = json.loads((cleaned[1] / "stats.json").read_text())
     assert {k: stats[k] for k in EXPECTED_STATS} == EXPECTED_STATS
-    assert stats["settings"] == {"min_sentences": 3, "min_words": 3, "dedup": True}
+    assert stats["settings"] == {"min_sentences": 3, "min_words": 3, "dedup": True, "unwrap": False}
     assert sorted(p.name for p in cleaned[1].iterdir()) == ["cleaned.jsonl", "stats.json"]  # no temp files left
 
 
@@ -117,6 +117,15 @@ def test_span_dedup_keeps_the_first_occurrence_and_forgets_dropped_pages():
     third = " ".join(A[1:] + b)
     assert cleaner.clean(third) == third
     assert cleaner.counts["docs_dropped.span_duplicate"] == 1 and cleaner.counts["kept"] == 2
+
+
+def test_unwrap_joins_hard_wrapped_paragraphs():
+    wrapped = "The old lighthouse stood at\nthe edge of the cliff. Every night\nits lamp swept the water.\n\n" \
+              "Sailors trusted it to guide\nthem safely home."
+    assert C4Cleaner().clean(wrapped) is None  # only two wrapped lines end in punctuation: 2 < 3 sentences
+    assert C4Cleaner(unwrap=True).clean(wrapped) == (
+        "The old lighthouse stood at the edge of the cliff. Every night its lamp swept the water.\n"
+        "Sailors trusted it to guide them safely home.")
 
 
 def test_txt_files_folders_and_doc_separator(tmp_path):
