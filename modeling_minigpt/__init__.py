@@ -70,6 +70,7 @@ _LAZY = {
     "convert_to_hf": "modeling_minigpt.convert",
     "train_tokenizer": "modeling_minigpt.tokenization",
     "DataCollatorForSpanCorruption": "modeling_minigpt.data.collators",
+    "DataCollatorForWholeWordMask": "modeling_minigpt.data.collators",
 }
 
 

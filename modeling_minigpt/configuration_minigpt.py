@@ -19,6 +19,12 @@ def _check_choice(field, value, choices):
         raise ValueError(f"{field}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
 
 
+def _check_not_relative(value, family):
+    if value == "relative":
+        raise ValueError(f"position_embedding_type='relative' is T5's bias; {family} takes learned, sinusoidal, "
+                         "rope or none")
+
+
 def _check_positive(field, value):
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"{field}={value!r} must be a positive integer")
@@ -140,9 +146,7 @@ class MiniGPTConfig(MiniConfigBase):
     }
 
     def __post_init__(self, **kwargs):
-        if self.position_embedding_type == "relative":
-            raise ValueError("position_embedding_type='relative' is the T5 bias; MiniGPT takes learned, "
-                             "sinusoidal, rope or none")
+        _check_not_relative(self.position_embedding_type, "MiniGPT")
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -172,6 +176,9 @@ class MiniBertConfig(MiniConfigBase):
     def __post_init__(self, **kwargs):
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size={self.type_vocab_size!r} must be >= 0")
+        _check_not_relative(self.position_embedding_type, "MiniBert")
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"classifier_dropout={self.classifier_dropout!r} must be in [0, 1)")
         super().__post_init__(**kwargs)
 
 

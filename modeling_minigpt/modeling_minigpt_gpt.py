@@ -113,6 +113,8 @@ class MiniGPTForSequenceClassification(MiniGPTPreTrainedModel):
     Builds its backbone class directly (not through AutoModel), so it also loads under ``trust_remote_code``.
     """
 
+    accepts_loss_kwargs = False  # the loss is a per-batch mean: Trainer must scale it for gradient accumulation
+
     def __init__(self, config: MiniGPTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
