@@ -18,6 +18,8 @@ COMMANDS = {
     "chat": ("modeling_minigpt.inference", "interactive ChatML chat with a saved model"),
     "clean": ("modeling_minigpt.data.cleaning", "apply C4's cleaning rules and deduplicate a corpus"),
     "plan": ("modeling_minigpt.planning", "Chinchilla compute-optimal model and data size"),
+    "card": ("modeling_minigpt.hub", "render a saved folder's model card from its config and metrics"),
+    "push": ("modeling_minigpt.hub", "render the card and upload a saved folder to the Hugging Face Hub"),
 }
 
 
