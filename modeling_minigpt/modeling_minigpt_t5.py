@@ -11,6 +11,7 @@ final RMSNorm, and the seq2seq LM head. The blocks are shared with GPT and BERT.
 import torch
 from torch import nn
 from transformers import GenerationMixin
+from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
@@ -50,6 +51,15 @@ class MiniT5PreTrainedModel(MiniPreTrainedModel):
         "attentions": OutputRecorder(Attention, index=1, layer_name="self_attn"),
         "cross_attentions": OutputRecorder(Attention, index=1, layer_name="cross_attn"),
     }
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # T5's scales: unit-variance token embeddings (the tied head rescales by d**-0.5), an untied head whose
+        # logits start at unit scale. (Leaf modules only: containers are skipped when loaded as custom code.)
+        if module is getattr(self, "embed_tokens", None):
+            init.normal_(module.weight, std=1.0)
+        elif module is getattr(self, "lm_head", None) and not self.config.tie_word_embeddings:
+            init.normal_(module.weight, std=self.config.hidden_size**-0.5)
 
     def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """labels (B, T) -> decoder inputs (B, T): [decoder_start, labels[:-1]], with -100 replaced by pad."""
