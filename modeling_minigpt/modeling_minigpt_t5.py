@@ -148,12 +148,15 @@ class MiniT5Decoder(MiniT5PreTrainedModel):
             hidden_states = layer(hidden_states, attention_mask=mask, position_bias=bias,
                                   past_key_values=past_key_values, encoder_hidden_states=encoder_hidden_states,
                                   encoder_attention_mask=cross_mask, **kwargs)
-        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.dropout(self.norm(hidden_states)),
-                                       past_key_values=past_key_values)
+        hidden_states = self.dropout(self.norm(hidden_states))
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states,
+                                                         past_key_values=past_key_values)
 
 
 class MiniT5Model(MiniT5PreTrainedModel):
     """Encoder and decoder over one shared token embedding (``shared``, stored as ``encoder.embed_tokens``)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]  # loading the backbone of a saved LM
 
     def __init__(self, config: MiniT5Config):
         super().__init__(config)
@@ -228,8 +231,10 @@ class MiniT5ForConditionalGeneration(MiniT5PreTrainedModel, GenerationMixin):
                 encoder_outputs=None, past_key_values=None, inputs_embeds=None, decoder_inputs_embeds=None,
                 labels=None, use_cache=None, **kwargs) -> Seq2SeqLMOutput:
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
-            decoder_input_ids = self._shift_right(labels)
+        if labels is not None:
+            use_cache = False if use_cache is None else use_cache  # training: no cache to build by default
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self._shift_right(labels)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs,
