@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +6,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny test models: thread hand-offs cost more than they save (10x slower on a busy 2-core machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -20,15 +20,6 @@ V = 120
 VERSIONS = {"v1.0": {}, "v1.1": dict(hidden_act="gelu_tanh", mlp_gated=True, tie_word_embeddings=False)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than they save (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def config(version="v1.0", **kw):
     base = dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, head_dim=16,
                 intermediate_size=128, hidden_dropout=0.0)

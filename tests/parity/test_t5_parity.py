@@ -11,15 +11,6 @@ VERSIONS = {"v1.0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
             "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: thread hand-offs cost more than they save (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def t5(version, cls=T5ForConditionalGeneration, **kw):
     """A tiny random T5 whose greedy output is not one repeated token: weights spread wider than the init."""
     config = T5Config(vocab_size=V, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
