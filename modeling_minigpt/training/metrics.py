@@ -98,7 +98,8 @@ def measure_matmul_flops(n: int = 512, seconds: float = 0.3) -> float:
     """fp32 matmul FLOP/s of this CPU (all threads torch uses); the denominator of MFU on CPU."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    generator = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must stay bit-identical
+    a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
     a @ b  # warm-up
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

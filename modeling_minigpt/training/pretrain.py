@@ -29,18 +29,34 @@ def make_accelerator(args):
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import GradientAccumulationPlugin, TorchDynamoPlugin
 
+    _use_cpu_when_no_accelerator()
     kwargs = {}
     if args.bf16 is not None:
         kwargs["mixed_precision"] = "bf16" if args.bf16 else "no"
     if args.torch_compile:
         kwargs["dynamo_plugin"] = TorchDynamoPlugin(backend="inductor")
     trackers = report_to(args)
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, even_batches=False),
         step_scheduler_with_optimizer=False,  # stepped once per optimizer step ourselves (see NOTES: DDP)
         log_with=trackers or None, project_dir=args.output_dir, **kwargs)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:  # the silent fallback NOTES-v5 warns about: refuse to train
+        raise RuntimeError(f"{launched} processes were launched but accelerate formed a group of "
+                           f"{accelerator.num_processes} ({accelerator.distributed_type.value}); on CPU launch with "
+                           "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...")
+    return accelerator
+
+
+def _use_cpu_when_no_accelerator() -> None:
+    """On a machine without GPUs, torchrun workers only form a gloo group when ACCELERATE_USE_CPU is set; set it,
+    so ``accelerate launch --config_file recipes/accelerate/cpu.yaml`` runs real DDP instead of N lone copies."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        os.environ["ACCELERATE_USE_CPU"] = "1"
 
 
 def report_to(args) -> list[str]:
@@ -86,7 +102,7 @@ def pretrain(model_args, data_args, args) -> dict:
                              data_args.dataset_cache_dir)
     set_seed(args.seed)  # the same initial weights whatever ran before
     model = build_model(model_args, config, args)
-    objective = build_objective(model_args, config, packed, packed_length)
+    objective = build_objective(model_args, config, packed, packed_length, target_length)
     collator = build_collator(model_args, data_args, tokenizer, target_length)
     if accelerator.is_main_process:
         write_run_info(accelerator, args.output_dir, model_args, data_args, args, packed.stats)
@@ -203,13 +219,15 @@ def sample_lengths(model_args, data_args) -> tuple[int, int | None]:
                                             data_args.mean_noise_span_length)
 
 
-def build_objective(model_args, config, packed, packed_length: int) -> Objective:
+def build_objective(model_args, config, packed, packed_length: int, target_length: int | None) -> Objective:
     from ..planning import flops_per_token
 
     stats = packed.stats.get("validation")
     per_byte = stats["tokens"] / stats["bytes"] if stats and stats["bytes"] else None
-    return Objective(FAMILIES[model_args.family][2], packed_length, per_byte,
-                     flops_per_token(config, model_args.block_size))
+    flops = flops_per_token(config, model_args.block_size)
+    if target_length:  # planning counts an encoder-decoder token as one input + one target token; we count raw ones
+        flops *= (model_args.block_size + target_length) / (2 * packed_length)
+    return Objective(FAMILIES[model_args.family][2], packed_length, per_byte, flops)
 
 
 def build_collator(model_args, data_args, tokenizer, target_length):
