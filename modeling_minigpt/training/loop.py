@@ -167,7 +167,8 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
                 row = {"step": state.step, "tokens": state.tokens, **result["eval"]}
                 metrics.write(row)
                 _report(accelerator, args, row, bar)
-            if state.step % args.save_steps == 0 or state.step == args.max_steps or halt:
+            scheduled = state.step % args.save_steps == 0 or state.step == args.max_steps
+            if halt or scheduled and meter.bad_in_a_row == 0:  # no checkpoint mid-streak: keep the good ones
                 save_checkpoint(accelerator, args.output_dir, state.step, args.save_total_limit)
             if halt:
                 result["stopped_by"] = stop.signum or 15
@@ -227,8 +228,10 @@ class _Meter:
 
     def row(self, state, lr) -> dict:
         """The train row for metrics.jsonl (a collective: every rank calls it at the same step)."""
-        loss = self.accelerator.reduce(torch.as_tensor(self.loss_sum, device=self.accelerator.device).float()
-                                       / max(self.steps, 1), "mean").item() if self.steps else float("nan")
+        loss = None
+        if self.steps:  # every rank has the same count: skipped steps are agreed on
+            local = torch.tensor(self.loss_sum / self.steps, device=self.accelerator.device)
+            loss = self.accelerator.reduce(local, "mean").item()
         tps = self.tokens / max(self.seconds, 1e-9)
         row = {"step": state.step, "loss": loss, "lr": lr, "tokens": state.tokens, "tokens_per_second": round(tps, 1)}
         if self.peak:

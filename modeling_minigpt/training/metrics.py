@@ -62,8 +62,8 @@ def plot_loss(metrics_path: str, png_path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
-    evals = [(r["tokens"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    train = [(r["tokens"], r["loss"]) for r in rows if r.get("loss") is not None]
+    evals = [(r["tokens"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), label="train loss", lw=1)

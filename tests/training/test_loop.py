@@ -1,0 +1,81 @@
+"""The loop on its own: a non-finite loss skips the update, and too many in a row stop the run."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+
+from modeling_minigpt.training.checkpoints import list_checkpoints
+from modeling_minigpt.training.loop import Objective, TrainingDivergedError, train
+from modeling_minigpt.training.metrics import read_metrics
+from modeling_minigpt.training.pretrain import causal_collator
+
+
+class TurnsNaN(torch.nn.Module):
+    """A bigram LM whose loss becomes NaN after ``good`` forward passes."""
+
+    def __init__(self, good: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 16)
+        self.calls, self.good = 0, good
+
+    def forward(self, input_ids, labels):
+        self.calls += 1
+        logits = self.embed(input_ids[:, :-1])  # (B, T-1, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
+        return SimpleNamespace(loss=loss * float("nan") if self.calls > self.good else loss)
+
+
+def loop_args(output_dir, **overrides):
+    args = dict(output_dir=str(output_dir), max_steps=20, per_device_train_batch_size=4,
+                per_device_eval_batch_size=4, gradient_accumulation_steps=1, learning_rate=0.1, weight_decay=0.0,
+                adam_beta1=0.9, adam_beta2=0.99, adam_epsilon=1e-8, max_grad_norm=1.0,
+                lr_scheduler_type="constant", lr_scheduler_kwargs=None, warmup_steps=0, logging_steps=1,
+                eval_steps=100, save_steps=2, save_total_limit=3, seed=0, max_nonfinite_steps=5,
+                dataloader_num_workers=0, report_to="none")
+    return SimpleNamespace(**{**args, **overrides})
+
+
+def blocks(n=64, length=8):
+    generator = torch.Generator().manual_seed(0)
+    return Dataset.from_dict({"input_ids": torch.randint(0, 16, (n, length), generator=generator).tolist()})
+
+
+def test_non_finite_losses_skip_updates_then_stop(tmp_path, fresh_accelerate):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = TurnsNaN(good=3)
+    with pytest.raises(TrainingDivergedError, match="not finite for 5 steps in a row"):
+        train(accelerator, model, blocks(), None, causal_collator, Objective("causal", 8), loop_args(tmp_path))
+    # steps 1-3 trained; 4-8 were skipped (no update) and made no checkpoint; the run stopped at step 8
+    assert [step for step, _ in list_checkpoints(str(tmp_path))] == [2]
+    rows = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, 8))  # the row of step 8 is never reached
+    assert all(r["loss"] is None for r in rows[3:]) and all(r["loss"] > 0 for r in rows[:3])
+
+
+def test_weights_do_not_move_on_a_skipped_step(tmp_path, fresh_accelerate):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = TurnsNaN(good=2)
+    snapshot = {}
+
+    class Spy(torch.nn.Module):  # records the weights before each forward
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **batch):
+            snapshot[model.calls] = model.embed.weight.detach().clone()
+            return model(**batch)
+
+    with pytest.raises(TrainingDivergedError):
+        train(accelerator, Spy(), blocks(), None, causal_collator, Objective("causal", 8),
+              loop_args(tmp_path, max_nonfinite_steps=3))
+    assert not torch.equal(snapshot[0], snapshot[1])  # a good step updates
+    torch.testing.assert_close(snapshot[2], snapshot[3], rtol=0, atol=0)  # after the first NaN: no update
+    torch.testing.assert_close(snapshot[3], snapshot[4], rtol=0, atol=0)
