@@ -187,6 +187,7 @@ def tokenizer_and_folder(tmp_path_factory):
     from modeling_minigpt.tokenization import train_tokenizer
 
     folder = tmp_path_factory.mktemp("gpt")
+    torch.manual_seed(0)
     text = [f"the quick brown fox {i} jumps over the lazy dog." for i in range(200)]
     tok = train_tokenizer(texts=text, vocab_size=400, family="gpt", show_progress=False)
     config = MiniGPTConfig.from_preset("tiny", vocab_size=len(tok), pad_token_id=tok.pad_token_id,
@@ -200,13 +201,17 @@ def test_stop_strings_end_generation(tokenizer_and_folder):
     tok, folder = tokenizer_and_folder
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = tok("the quick", return_tensors="pt").input_ids
-    free = model.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
-    text = tok.decode(free)
-    stop = text[len(text) // 2:len(text) // 2 + 2]  # a string the free run is known to produce
-    assert stop.strip(), text
-    out = model.generate(ids, max_new_tokens=20, do_sample=False, eos_token_id=None, stop_strings=[stop],
-                         tokenizer=tok)[0, ids.shape[1]:]
-    assert len(out) < len(free) and stop in tok.decode(out)
+    # untrained: keep to whole-character, distinct tokens so the decoded text is well defined
+    partial = [i for i in range(len(tok)) if "\ufffd" in tok.decode([i]) or i in tok.all_special_ids]
+    kw = dict(max_new_tokens=20, do_sample=False, eos_token_id=None, suppress_tokens=partial, repetition_penalty=1e6)
+    free = model.generate(ids, **kw)[0, ids.shape[1]:]
+    # the first generated token (after the 1st) whose text has not appeared before it: stopping must cut there
+    k = next(k for k in range(1, len(free)) if (piece := tok.decode(free[k:k + 1])).strip()
+             and piece not in tok.decode(free[:k]))
+    stop = tok.decode(free[k:k + 1])
+    out = model.generate(ids, stop_strings=[stop], tokenizer=tok, **kw)[0, ids.shape[1]:]
+    assert k + 1 < len(free)
+    torch.testing.assert_close(out, free[:k + 1])
 
 
 def test_text_generation_pipeline_from_folder(tokenizer_and_folder):
