@@ -47,16 +47,12 @@ class TrainState:
 
 @dataclass
 class Objective:
-    """What the loop needs to know about the task. ``causal``: labels are shifted inside the model."""
+    """What the loop needs to know about the task: causal (labels shift inside the model), mlm or span."""
 
     name: str  # "causal" | "mlm" | "span"
     tokens_per_sample: int  # raw text tokens one training sample holds (the packed block)
     eval_tokens_per_byte: float | None = None  # validation tokens / validation bytes, for bits per byte
     flops_per_token: float | None = None  # forward + backward, for MFU
-
-    def count(self, labels: torch.Tensor) -> torch.Tensor:
-        """Number of tokens the mean loss of this batch was taken over."""
-        return (labels[:, 1:] != -100).sum() if self.name == "causal" else (labels != -100).sum()
 
 
 def build_optimizer(model, args, device) -> torch.optim.Optimizer:
@@ -106,21 +102,34 @@ def micro_batches(accelerator, dataloader, start: int):
 
 
 def evaluate(accelerator, model, eval_dl, objective: Objective, seed: int) -> dict:
-    """Mean loss over every validation token (summed across processes), perplexity and bits per byte."""
+    """Token-weighted mean loss over the whole validation split, perplexity and bits per byte.
+
+    Per-sample sums go through ``gather_for_metrics``, which drops the samples accelerate repeats to give every
+    rank the same number of batches (so sharded models run the same forwards everywhere).
+    """
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # (loss sum, tokens)
     with torch.no_grad(), isolated_rng(seed):  # masks of MLM/span eval are fixed; training RNG is untouched
         for batch in eval_dl:
-            loss = model(**batch).loss
-            n = objective.count(batch["labels"])
-            totals += torch.stack([loss.double() * n, n.double()])
+            logits = model(**batch).logits
+            stats = accelerator.gather_for_metrics(per_sample_loss(logits, batch["labels"], objective.name == "causal"))
+            totals += stats.sum(0)
     model.train()
-    loss_sum, count = accelerator.reduce(totals, "sum").tolist()
-    loss = loss_sum / max(count, 1)
+    loss = (totals[0] / totals[1].clamp(min=1)).item()
     bpb = None
     if objective.name == "causal" and objective.eval_tokens_per_byte:
         bpb = bits_per_byte(loss, objective.eval_tokens_per_byte, 1.0)
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0)), "eval_bits_per_byte": bpb}
+
+
+def per_sample_loss(logits, labels, causal: bool) -> torch.Tensor:
+    """(B, 2) float64: summed cross-entropy (nats) and number of scored tokens of each sample."""
+    if causal:  # position t predicts token t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                                            reduction="none").view(labels.shape)  # (B, T)
+    scored = labels != -100
+    return torch.stack([(nll * scored).sum(1), scored.sum(1)], dim=1).double()
 
 
 def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective, args) -> dict:
@@ -135,6 +144,7 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
     optimizer = build_optimizer(model, args, accelerator.device)
     scheduler = build_scheduler(optimizer, args)
     train_dl, eval_dl = build_dataloaders(train_ds, eval_ds, collator, args)
+    _check_enough_data(train_ds, args, accelerator.num_processes)
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     eval_dl = accelerator.prepare(eval_dl) if eval_dl is not None else None
     state = TrainState()
@@ -175,6 +185,13 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
                 logger.warning("stopping on signal %s at step %d; checkpoint saved", result["stopped_by"], state.step)
                 break
     return {"step": state.step, "tokens": state.tokens, **result, "model": model}
+
+
+def _check_enough_data(train_ds, args, num_processes: int) -> None:
+    if hasattr(train_ds, "__len__") and len(train_ds) < args.per_device_train_batch_size * num_processes:
+        raise ValueError(f"the train split has {len(train_ds)} blocks, fewer than one batch "
+                         f"(per_device_train_batch_size={args.per_device_train_batch_size} x {num_processes} "
+                         "processes): max_steps cannot be reached; use more text or smaller batches/blocks")
 
 
 def _train_step(accelerator, model, optimizer, scheduler, batches, args, stop):

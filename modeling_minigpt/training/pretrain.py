@@ -39,7 +39,7 @@ def make_accelerator(args):
     accelerator = Accelerator(
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=args.gradient_accumulation_steps, sync_with_dataloader=False),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, even_batches=False),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         step_scheduler_with_optimizer=False,  # stepped once per optimizer step ourselves (see NOTES: DDP)
         log_with=trackers or None, project_dir=args.output_dir, **kwargs)
     launched = int(os.environ.get("WORLD_SIZE", "1"))

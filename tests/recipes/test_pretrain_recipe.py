@@ -207,4 +207,18 @@ def test_two_process_cpu_ddp(workdir, reference):
     data = rows(output_dir)
     assert [r["tokens"] for r in data if "loss" in r] == [3 * 8 * 32 * 2, 6 * 8 * 32 * 2]  # both processes
     assert json.loads((output_dir / "run.json").read_text())["distributed_type"] == "MULTI_CPU"
-    assert (output_dir / "config.json").is_file()
+    # the sharded eval (repeated samples dropped) equals a one-process eval of the saved model
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from modeling_minigpt.data.packing import load_corpus, pack_corpus
+    from modeling_minigpt.training.loop import per_sample_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(reference[0], trust_remote_code=True)
+    corpus = load_corpus(data_files=[str(workdir / "corpus.txt")], split_by="tail", cache_dir=str(workdir / "hf"))
+    ids = pack_corpus(corpus, tokenizer, 32, cache_dir=str(workdir / "packed")).splits["validation"][:]["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(output_dir, trust_remote_code=True).eval()
+    with torch.no_grad():
+        loss_sum, count = per_sample_loss(model(input_ids=ids).logits, ids, causal=True).sum(0).tolist()
+    assert count == ids.shape[0] * 31
+    assert loss_sum / count == pytest.approx(final_losses(output_dir)[2], rel=1e-5)

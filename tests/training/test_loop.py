@@ -79,3 +79,11 @@ def test_weights_do_not_move_on_a_skipped_step(tmp_path, fresh_accelerate):
     assert not torch.equal(snapshot[0], snapshot[1])  # a good step updates
     torch.testing.assert_close(snapshot[2], snapshot[3], rtol=0, atol=0)  # after the first NaN: no update
     torch.testing.assert_close(snapshot[3], snapshot[4], rtol=0, atol=0)
+
+
+def test_too_little_data_for_one_batch_is_a_clear_error(tmp_path, fresh_accelerate):
+    from accelerate import Accelerator
+
+    with pytest.raises(ValueError, match="the train split has 3 blocks, fewer than one batch"):
+        train(Accelerator(cpu=True), TurnsNaN(good=10), blocks(n=3), None, causal_collator,
+              Objective("causal", 8), loop_args(tmp_path))
