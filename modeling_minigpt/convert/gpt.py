@@ -46,41 +46,40 @@ def _config_from_gpt2(cfg):
     )
 
 
-def _weights_from_gpt2(sd, n_layers, hidden):
-    """GPT-2 stores Linear weights transposed (Conv1D, (in, out)) and fuses q|k|v into c_attn."""
-    out = {"model.embed_tokens.weight": sd["transformer.wte.weight"],
-           "model.embed_positions.weight": sd["transformer.wpe.weight"],
-           "model.norm.weight": sd["transformer.ln_f.weight"], "model.norm.bias": sd["transformer.ln_f.bias"]}
+# (ours, GPT-2's, transposed): GPT-2 stores its Linear weights as Conv1D, (in, out).
+_GPT2_TOP = [("model.embed_tokens.weight", "transformer.wte.weight", False),
+             ("model.embed_positions.weight", "transformer.wpe.weight", False),
+             ("model.norm.weight", "transformer.ln_f.weight", False),
+             ("model.norm.bias", "transformer.ln_f.bias", False)]
+_GPT2_MODULES = (("self_attn.o_proj", "attn.c_proj", True), ("mlp.up_proj", "mlp.c_fc", True),
+                 ("mlp.down_proj", "mlp.c_proj", True), ("attn_norm", "ln_1", False), ("mlp_norm", "ln_2", False))
+_GPT2_LAYER = [(f"{ours}.{p}", f"{theirs}.{p}", p == "weight" and linear)
+               for ours, theirs, linear in _GPT2_MODULES for p in ("weight", "bias")]
+
+
+def _gpt2_pairs(n_layers):
+    yield from _GPT2_TOP
     for i in range(n_layers):
-        src, dst = f"transformer.h.{i}.", f"model.layers.{i}."
-        q, k, v = sd[src + "attn.c_attn.weight"].t().split(hidden, dim=0)
-        qb, kb, vb = sd[src + "attn.c_attn.bias"].split(hidden, dim=0)
-        for name, w, b in (("q_proj", q, qb), ("k_proj", k, kb), ("v_proj", v, vb)):
-            out[dst + f"self_attn.{name}.weight"], out[dst + f"self_attn.{name}.bias"] = w, b
-        pairs = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
-        for ours, theirs in pairs.items():
-            out[dst + ours + ".weight"] = sd[src + theirs + ".weight"].t()
-            out[dst + ours + ".bias"] = sd[src + theirs + ".bias"]
-        for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-            out[dst + ours + ".weight"], out[dst + ours + ".bias"] = sd[src + theirs + ".weight"], sd[src + theirs + ".bias"]
+        for ours, theirs, transposed in _GPT2_LAYER:
+            yield f"model.layers.{i}.{ours}", f"transformer.h.{i}.{theirs}", transposed
+
+
+def _weights_from_gpt2(sd, n_layers, hidden):
+    out = {ours: sd[theirs].t() if t else sd[theirs] for ours, theirs, t in _gpt2_pairs(n_layers)}
+    for i in range(n_layers):  # GPT-2 fuses q|k|v into one c_attn
+        src, dst = f"transformer.h.{i}.attn.c_attn.", f"model.layers.{i}.self_attn."
+        for name, w, b in zip(("q_proj", "k_proj", "v_proj"), sd[src + "weight"].t().split(hidden),
+                              sd[src + "bias"].split(hidden)):
+            out[f"{dst}{name}.weight"], out[f"{dst}{name}.bias"] = w, b
     return out
 
 
 def _weights_to_gpt2(sd, n_layers):
-    out = {"transformer.wte.weight": sd["model.embed_tokens.weight"],
-           "transformer.wpe.weight": sd["model.embed_positions.weight"],
-           "transformer.ln_f.weight": sd["model.norm.weight"], "transformer.ln_f.bias": sd["model.norm.bias"]}
+    out = {theirs: sd[ours].t() if t else sd[ours] for ours, theirs, t in _gpt2_pairs(n_layers)}
     for i in range(n_layers):
-        src, dst = f"model.layers.{i}.", f"transformer.h.{i}."
-        qkv = [sd[src + f"self_attn.{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")]
-        out[dst + "attn.c_attn.weight"] = torch.cat(qkv, dim=0).t()
-        out[dst + "attn.c_attn.bias"] = torch.cat([sd[src + f"self_attn.{p}.bias"] for p in ("q_proj", "k_proj", "v_proj")])
-        pairs = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj"}
-        for ours, theirs in pairs.items():
-            out[dst + theirs + ".weight"] = sd[src + ours + ".weight"].t()
-            out[dst + theirs + ".bias"] = sd[src + ours + ".bias"]
-        for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-            out[dst + theirs + ".weight"], out[dst + theirs + ".bias"] = sd[src + ours + ".weight"], sd[src + ours + ".bias"]
+        src, dst = f"model.layers.{i}.self_attn.", f"transformer.h.{i}.attn.c_attn."
+        out[dst + "weight"] = torch.cat([sd[f"{src}{p}.weight"] for p in ("q_proj", "k_proj", "v_proj")]).t()
+        out[dst + "bias"] = torch.cat([sd[f"{src}{p}.bias"] for p in ("q_proj", "k_proj", "v_proj")])
     return out
 
 
