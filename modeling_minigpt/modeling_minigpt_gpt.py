@@ -4,9 +4,14 @@ What is GPT-specific lives here: token embeddings plus absolute or rotary positi
 of causal layers with a final norm, and the heads (LM, sequence classification). The blocks are shared.
 
     tokens ─ embed_tokens ─ (+ positions) ─ dropout ─ [TransformerLayer, causal] x N ─ norm ─ lm_head ─ logits
+
+In training mode with ``labels``, the LM head and the cross-entropy run fused, in row chunks: the loss is
+exact, and the (batch, seq, vocab) logits are never built, so ``logits`` is None (``skip_logits=False`` asks for
+them). Evaluation and generation (eval mode) always return logits.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin
 from transformers.cache_utils import DynamicCache
@@ -23,6 +28,68 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_minigpt import MiniGPTConfig
 from .minigpt_layers import MiniPreTrainedModel, TransformerLayer, build_norm, build_positions, check_input_ids
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, in row chunks.
+
+    Hand-written because torch has no fused linear + cross-entropy on CPU. The gradients are computed in the
+    forward, chunk by chunk (as Liger's fused linear cross-entropy does), so neither the (N, V) logits nor a
+    softmax is kept for the backward. hidden (N, D), weight (V, D), targets (N,) all in [0, V).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows: int, with_grads: bool):
+        need_h, need_w = with_grads and ctx.needs_input_grad[0], with_grads and ctx.needs_input_grad[1]
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h, t = hidden[start:start + chunk_rows], targets[start:start + chunk_rows]
+            logits = (h @ weight.t()).float()  # (n, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if not (need_h or need_w):
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place: d loss / d logits = softmax - one_hot
+            grad[torch.arange(t.shape[0], device=t.device), t] -= 1
+            grad = grad.to(h.dtype)
+            if need_h:
+                grad_h[start:start + chunk_rows] = grad @ weight  # (n, D)
+            if need_w and grad.dtype == grad_w.dtype == h.dtype:
+                grad_w.addmm_(grad.t(), h)  # (V, D)
+            elif need_w:
+                grad_w += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        grad_h = grad_h * grad_loss.to(grad_h.dtype) if grad_h is not None else None
+        grad_w = (grad_w * grad_loss).to(ctx.weight_dtype) if grad_w is not None else None
+        return grad_h, grad_w, None, None, None
+
+
+def causal_lm_loss_fused(hidden_states, weight, labels=None, shift_labels=None, num_items_in_batch=None,
+                         ignore_index=-100, chunk_rows=None, **kwargs):
+    """transformers' ``ForCausalLMLoss`` (shift, ignore_index, sum / num_items_in_batch or mean) without logits."""
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]  # (B, T): position t predicts t + 1
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*T, D)
+    targets = shift_labels.reshape(-1).to(hidden.device)
+    keep = (targets != ignore_index).nonzero().squeeze(1)
+    if keep.numel() < targets.numel():
+        hidden, targets = hidden[keep], targets[keep]
+    # About 16 MB of fp32 logits per chunk: small enough to stay in cache, large enough for efficient GEMMs.
+    chunk_rows = chunk_rows or max(32, (1 << 22) // weight.shape[0])
+    loss = LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, torch.is_grad_enabled())
+    if num_items_in_batch is None:
+        return loss / keep.numel()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
 
 
 class MiniGPTPreTrainedModel(MiniPreTrainedModel):
@@ -92,17 +159,30 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def _fuse_loss(self, labels, skip_logits, logits_to_keep) -> bool:
+        """Fused LM head + loss: by default when training with labels, with a plain bias-free head (not a PEFT
+        or tensor-parallel wrapper, whose weight alone is not the head) and all positions kept."""
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None
+        plain_head = type(self.lm_head) is nn.Linear and self.lm_head.bias is None
+        return skip_logits and labels is not None and plain_head and logits_to_keep == 0
+
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs) -> CausalLMOutputWithPast:
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, skip_logits=None,
+                **kwargs) -> CausalLMOutputWithPast:
+        """``skip_logits``: compute the loss without building logits (default: in training mode, with labels)."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
                              **kwargs)
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)  # (B, T, V)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        logits = loss = None
+        if self._fuse_loss(labels, skip_logits, logits_to_keep):
+            loss = causal_lm_loss_fused(outputs.last_hidden_state, self.lm_head.weight, labels, **kwargs)
+        else:
+            hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+            logits = self.lm_head(hidden_states)  # (B, T, V)
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
@@ -157,4 +237,4 @@ class MiniGPTForSequenceClassification(MiniGPTPreTrainedModel):
                                                 hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-__all__ = ["MiniGPTPreTrainedModel", "MiniGPTModel", "MiniGPTForCausalLM", "MiniGPTForSequenceClassification"]
+__all__ = ["LinearCrossEntropy", "causal_lm_loss_fused", "MiniGPTPreTrainedModel", "MiniGPTModel", "MiniGPTForCausalLM", "MiniGPTForSequenceClassification"]

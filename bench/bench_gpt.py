@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""MiniGPT against transformers' LlamaForCausalLM and GPT2LMHeadModel, same shape and same weights.
+
+The HF models are built at the issue's shape and converted with ``convert_from_hf``, so every pair shares its
+weights. One run measures everything, round by round (A/B alternation, warmup excluded, contender order rotated
+each round), and prints medians and per-round ratios; it is a script that prints numbers, not a timed test:
+
+    python bench/bench_gpt.py                       # the full run: a few minutes on 2 cores
+    python bench/bench_gpt.py --quick               # one round, fewer steps: a smoke run
+    python bench/bench_gpt.py --rounds 5 --json out.json --no-compile
+
+Contenders (training: forward + backward + AdamW step on (batch, seq) random tokens with labels):
+  hf-default    the HF model, eager, ``torch.optim.AdamW`` with its defaults
+  ours-eager    MiniGPT, eager, the same optimizer as hf-default (model against model)
+  ours-default  MiniGPT as recommended: ``MiniGPTForCausalLM`` (chunked lm_head + CE when labels are given) and
+                ``AdamW(fused=True)``
+  *-compiled    ``torch.compile(model)`` for both, default optimizer each (skipped with --no-compile)
+Generation: ``generate()`` at batch 1, greedy, KV cache, a 64-token prompt and 128 new tokens (prefill included).
+
+MFU = tokens/s x planning.flops_per_token(config, seq) / the fp32 matmul rate measured in the same round
+(2048^3 ``torch.mm``); "gemm-shaped" divides by the rate of the model's own forward GEMM shapes instead.
+"""
+
+import argparse
+import json
+from dataclasses import dataclass
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from modeling_minigpt import convert_from_hf  # noqa: E402
+from modeling_minigpt.planning import flops_per_token  # noqa: E402
+
+SHAPE = dict(vocab=8192, hidden=384, layers=6, heads=6, llama_intermediate=1024, seq=256, batch=8, threads=2)
+GEN = dict(prompt=64, new_tokens=128)
+TARGETS = {  # the issue's targets: ratio or MFU name -> minimum
+    "train llama ours-default/hf-default": 1.2,
+    "train gpt2 ours-default/hf-default": 2.0,
+    "MFU llama ours-default": 0.8,
+    "generate gpt2 ours/hf": 1.5,
+}
+
+
+def build_hf(family: str):
+    """Llama: MHA (6 query and 6 key/value heads), SwiGLU 1024, untied head. GPT-2: learned positions, tied head.
+    Dropout is 0 in both so the two families do the same work as MiniGPT's converted copy."""
+    import transformers as tf
+
+    s = SHAPE
+    torch.manual_seed(0)
+    if family == "llama":
+        config = tf.LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], num_hidden_layers=s["layers"],
+                                num_attention_heads=s["heads"], num_key_value_heads=s["heads"],
+                                intermediate_size=s["llama_intermediate"], max_position_embeddings=512,
+                                tie_word_embeddings=False, attn_implementation="sdpa")
+        return tf.LlamaForCausalLM(config)
+    config = tf.GPT2Config(vocab_size=s["vocab"], n_embd=s["hidden"], n_layer=s["layers"], n_head=s["heads"],
+                           n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                           attn_implementation="sdpa")
+    return tf.GPT2LMHeadModel(config)
+
+
+def matmul_rate(shapes, min_seconds=0.25) -> float:
+    """GFLOP/s of fp32 ``torch.mm`` over ``shapes`` [(m, k, n), ...], repeated for at least ``min_seconds``."""
+    mats = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    flops = sum(2 * m * k * n for m, k, n in shapes)
+    for a, b in mats:
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_seconds:
+        for a, b in mats:
+            a @ b
+        reps += 1
+    return reps * flops / (time.perf_counter() - start) / 1e9
+
+
+def gemm_shapes(config, tokens: int):
+    """The forward GEMMs of one layer plus the LM head, as (m, k, n)."""
+    d, f = config.hidden_size, config.intermediate_size
+    mlp = [(tokens, d, f)] * (3 if config.mlp_gated else 1) + [(tokens, f, d)]
+    return [(tokens, d, d)] * 4 + mlp + [(tokens, d, config.vocab_size)]
+
+
+@dataclass
+class Contender:
+    kind: str  # "train" | "generate"
+    run: object  # a no-argument callable
+    tokens: int  # tokens per call
+    warmup: int  # calls before timing
+    flops_per_token: float = 0.0  # training FLOPs per token; 0 for generation
+
+
+def make_train_step(model, optimizer_kwargs, compiled=False):
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, **optimizer_kwargs)
+    run = torch.compile(model) if compiled else model
+    ids = torch.randint(0, SHAPE["vocab"], (SHAPE["batch"], SHAPE["seq"]), generator=torch.Generator().manual_seed(1))
+
+    def step():
+        loss = run(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def make_generate(model):
+    model.eval()
+    ids = torch.randint(0, SHAPE["vocab"], (1, GEN["prompt"]), generator=torch.Generator().manual_seed(2))
+    n = GEN["new_tokens"]
+
+    def gen():
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, pad_token_id=0)
+        if out.shape[1] != ids.shape[1] + n:
+            raise RuntimeError(f"generate() returned {out.shape[1] - ids.shape[1]} new tokens, expected {n}")
+    return gen
+
+
+def contenders(args):
+    """{"train llama hf-default": Contender, ...} and the Llama-shaped MiniGPT config (for the GEMM shapes)."""
+    out, tokens, gemm_config = {}, SHAPE["batch"] * SHAPE["seq"], None
+    for family in args.families:
+        hf = build_hf(family)
+        ours = convert_from_hf(hf)
+        gemm_config = gemm_config or ours.config
+        flops = flops_per_token(ours.config, SHAPE["seq"])
+        train = {"hf-default": (hf, {}, False), "ours-eager": (ours, {}, False),
+                 "ours-default": (ours, {"fused": True}, False)}
+        if args.compile:
+            train |= {"hf-compiled": (hf, {}, True), "ours-compiled": (ours, {}, True)}
+        for who, (model, opt_kwargs, compiled) in train.items():
+            step = make_train_step(model, opt_kwargs, compiled)
+            out[f"train {family} {who}"] = Contender("train", step, tokens, 2 if compiled else 1, flops)
+        for who, model in (("hf", hf), ("ours", ours)):
+            out[f"generate {family} {who}"] = Contender("generate", make_generate(model), GEN["new_tokens"], 1)
+    return out, gemm_config
+
+
+def measure(args, table):
+    """Rounds of: matmul rates, then every contender, in an order rotated each round. Returns per-round rows."""
+    rounds, names = [], list(table)
+    for name, c in table.items():
+        start = time.perf_counter()
+        for _ in range(c.warmup):
+            c.run()
+        print(f"  warmup {name}: {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    for r in range(args.rounds):
+        row = {"mm2048": matmul_rate([(2048, 2048, 2048)]), "gemm": matmul_rate(args.gemm_shapes)}
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            c = table[name]
+            calls = args.steps if c.kind == "train" else 1
+            start = time.perf_counter()
+            for _ in range(calls):
+                c.run()
+            row[name] = calls * c.tokens / (time.perf_counter() - start)
+        rounds.append(row)
+        print(f"  round {r + 1}/{args.rounds}: mm {row['mm2048']:.1f} GFLOP/s, load {os.getloadavg()[0]:.2f}",
+              file=sys.stderr)
+    return rounds
+
+
+def summarize(table, rounds):
+    """Medians of tokens/s, MFU and of the per-round ratios."""
+    med = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
+    rate = {name: med(name) for name in table}
+    mfu = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r["mm2048"] for r in rounds)
+           for name, c in table.items() if c.flops_per_token}
+    mfu_gemm = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r["gemm"] for r in rounds)
+                for name, c in table.items() if c.flops_per_token}
+    pairs = {"ours-default": "hf-default", "ours-eager": "hf-default", "ours-compiled": "hf-compiled", "ours": "hf"}
+    ratios = {}
+    for name in table:
+        kind, family, who = name.split(" ")
+        other = f"{kind} {family} {pairs.get(who)}"
+        if other in table:  # hf-default is also HF's eager, so ours-eager/hf-default is eager against eager
+            ratios[f"{kind} {family} {who}/{pairs[who]}"] = statistics.median(r[name] / r[other] for r in rounds)
+    return {"tokens_per_s": rate, "mfu": mfu, "mfu_gemm_shaped": mfu_gemm, "ratios": ratios,
+            "mm2048_gflops": med("mm2048"), "gemm_shaped_gflops": med("gemm")}
+
+
+def report(summary, args):
+    print(f"\nshape {SHAPE}, generate {GEN}, fp32, torch {torch.__version__}, {args.rounds} rounds x {args.steps} "
+          f"steps, load avg {os.getloadavg()[0]:.2f}")
+    print(f"fp32 matmul: 2048^3 {summary['mm2048_gflops']:.1f} GFLOP/s; model-shaped GEMMs "
+          f"{summary['gemm_shaped_gflops']:.1f} GFLOP/s\n")
+    print(f"{'contender':32} {'tokens/s':>9} {'MFU':>6} {'MFU gemm':>9}")
+    for name, rate in summary["tokens_per_s"].items():
+        mfu = summary["mfu"].get(name)
+        extra = f"{mfu:6.1%} {summary['mfu_gemm_shaped'][name]:9.1%}" if mfu else ""
+        print(f"{name:32} {rate:9.1f} {extra}")
+    print(f"\n{'ratio (median of per-round ratios)':48} {'value':>6}  target")
+    for name, value in summary["ratios"].items():
+        target = TARGETS.get(name)
+        mark = "" if target is None else f"  >= {target}: {'met' if value >= target else 'NOT met'}"
+        print(f"{name:48} {value:6.2f}{mark}")
+    mfu = summary["mfu"].get("train llama ours-default")
+    if mfu is not None:
+        print(f"{'MFU llama ours-default':48} {mfu:6.1%}  >= 80%: {'met' if mfu >= 0.8 else 'NOT met'}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds after warmup (default 3)")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per contender per round (default 2)")
+    parser.add_argument("--quick", action="store_true", help="one round of one step, no compile: a smoke run")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
+    parser.add_argument("--families", nargs="+", default=["llama", "gpt2"], choices=["llama", "gpt2"])
+    parser.add_argument("--threads", type=int, default=SHAPE["threads"])
+    parser.add_argument("--json", type=Path, help="also write the rounds and the summary here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.steps, args.compile = 1, 1, False
+    torch.set_num_threads(args.threads)
+    table, gemm_config = contenders(args)
+    args.gemm_shapes = gemm_shapes(gemm_config, SHAPE["batch"] * SHAPE["seq"])
+    rounds = measure(args, table)
+    summary = summarize(table, rounds)
+    report(summary, args)
+    if args.json:
+        args.json.write_text(json.dumps({"shape": SHAPE, "rounds": rounds, **summary}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
