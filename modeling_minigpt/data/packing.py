@@ -103,12 +103,13 @@ def load_corpus(data_files=None, dataset_name: str | None = None, dataset_config
             if streaming else datasets.DatasetDict({k: _text_only(v, text_column, source) for k, v in raw.items()})
     if "train" not in raw:
         raise ValueError(f"dataset {source} has no 'train' split (it has {', '.join(raw)})")
+    if streaming:  # validation: the first documents of the held-out split (or of train, then skipped there)
+        n = streaming_validation_documents
+        if "validation" in raw:
+            return {"train": raw["train"], "validation": _materialize(raw["validation"].take(n), source)}
+        return {"train": raw["train"].skip(n), "validation": _materialize(raw["train"].take(n), source)}
     if "validation" in raw:
         return raw
-    if streaming:
-        n = streaming_validation_documents
-        return datasets.IterableDatasetDict(train=raw["train"].skip(n),
-                                            validation=_materialize(raw["train"].take(n), source))
     return split_corpus(raw["train"], validation_fraction, test_fraction, split_by, seed, source)
 
 

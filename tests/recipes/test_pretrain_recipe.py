@@ -193,6 +193,21 @@ def test_tokenizer_larger_than_the_model_is_an_error_before_training(workdir, re
 
 
 @pytest.mark.slow
+def test_cpu_profile_forms_a_two_process_group(workdir, reference):
+    """recipes/accelerate/cpu.yaml alone (no ACCELERATE_USE_CPU): the recipe turns it into real CPU DDP."""
+    output_dir = workdir / "profile"
+    args = recipe_args(workdir, output_dir, max_steps=2, logging_steps=1, eval_steps=2, save_steps=2,
+                       tokenizer_name_or_path=reference[0])
+    clean_env = {k: v for k, v in env(workdir).items() if k != "ACCELERATE_USE_CPU"}
+    proc = subprocess.run(["accelerate", "launch", "--config_file", "recipes/accelerate/cpu.yaml",
+                           "recipes/pretrain.py", *args], cwd=REPO, env=clean_env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size=2 distributed_type=MULTI_CPU" in proc.stderr
+    assert [r["tokens"] for r in rows(output_dir) if "loss" in r] == [8 * 32 * 2, 2 * 8 * 32 * 2]
+
+
+@pytest.mark.slow
 def test_two_process_cpu_ddp(workdir, reference):
     output_dir = workdir / "ddp"
     launcher = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
