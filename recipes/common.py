@@ -73,3 +73,5 @@ def run(main, parser, argv=None) -> int:
             raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        return 130

@@ -44,7 +44,7 @@ def make_accelerator(args):
         log_with=trackers or None, project_dir=args.output_dir, **kwargs)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:  # the silent fallback NOTES-v5 warns about: refuse to train
-        raise RuntimeError(f"{launched} processes were launched but accelerate formed a group of "
+        raise ValueError(f"{launched} processes were launched but accelerate formed a group of "
                            f"{accelerator.num_processes} ({accelerator.distributed_type.value}); on CPU launch with "
                            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...")
     return accelerator
