@@ -35,7 +35,8 @@ import sys
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import check_positive, json_field, make_parser as _make_parser, run  # noqa: E402
+from common import check_positive, json_field, run
+from common import make_parser as _make_parser
 
 
 @dataclass

@@ -160,8 +160,9 @@ def _train_tokenizer(model_args, train):
 def build_config(model_args, tokenizer):
     """The model config: a saved model's, else preset + ``model_config`` + the tokenizer's size and special ids.
     Raises ValueError when the tokenizer does not fit the model."""
-    import modeling_minigpt
     from transformers import AutoConfig
+
+    import modeling_minigpt
 
     config_cls = getattr(modeling_minigpt, FAMILIES[model_args.family][0])
     if model_args.model_name_or_path:
@@ -234,8 +235,9 @@ def build_collator(model_args, data_args, tokenizer, target_length):
     if model_args.family == "gpt":
         return causal_collator
     if model_args.family == "bert":
-        from ..data.collators import DataCollatorForWholeWordMask
         from transformers import DataCollatorForLanguageModeling
+
+        from ..data.collators import DataCollatorForWholeWordMask
 
         cls = DataCollatorForWholeWordMask if data_args.whole_word_mask else DataCollatorForLanguageModeling
         return cls(tokenizer, mlm=True, mlm_probability=data_args.mlm_probability)

@@ -57,7 +57,7 @@ def test_save_rotate_verify_and_fall_back(tmp_path, fresh_accelerate, caplog):
 
 
 def test_missing_or_extra_files_invalidate(tmp_path, fresh_accelerate):
-    accelerator, model, optimizer = _prepared(fresh_accelerate)
+    accelerator, _, _ = _prepared(fresh_accelerate)
     path = save_checkpoint(accelerator, str(tmp_path), 5)
     (tmp_path / "checkpoint-5" / "stray.bin").write_bytes(b"x")
     assert verify_checkpoint(path) == "the files differ from the manifest"

@@ -12,7 +12,8 @@ REPO_CORPUS = "recipes/data/tinyshakespeare.txt"
 
 def test_tail_split_is_nanogpts(tmp_path):
     corpus = load_corpus(data_files=[REPO_CORPUS], split_by="tail", cache_dir=str(tmp_path / "hf"))
-    text = open(REPO_CORPUS).read()
+    with open(REPO_CORPUS) as f:
+        text = f.read()
     assert corpus["validation"][0]["text"] == text[int(len(text) * 0.9):]
     assert len(corpus["validation"][0]["text"]) == 111_540  # nanoGPT's validation characters
     assert corpus["train"][0]["text"] + corpus["validation"][0]["text"] == text
@@ -62,7 +63,7 @@ def test_long_document_is_tokenized_as_a_whole(tokenizer, tmp_path):
 def test_cache_is_reused_and_invalidated(small_text, tokenizer, tmp_path, caplog):
     path = tmp_path / "corpus.txt"
     path.write_text(small_text.read_text())
-    kwargs = dict(data_files=[str(path)], split_by="tail", cache_dir=str(tmp_path / "hf"))
+    kwargs = {"data_files": [str(path)], "split_by": "tail", "cache_dir": str(tmp_path / "hf")}
     first = pack_corpus(load_corpus(**kwargs), tokenizer, 32, cache_dir=str(tmp_path / "packed"))
     with caplog.at_level("INFO", logger="modeling_minigpt.data.packing"):
         again = pack_corpus(load_corpus(**kwargs), tokenizer, 32, cache_dir=str(tmp_path / "packed"))
