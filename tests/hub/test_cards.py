@@ -15,7 +15,8 @@ def run_folder(tmp_path):
     model = MiniGPTForCausalLM(MiniGPTConfig.from_preset("tiny", vocab_size=64))
     model.save_pretrained(tmp_path)
     rows = [{"step": 10, "loss": 3.2, "lr": 1e-3, "tokens": 1280},
-            {"step": 20, "eval_loss": 2.5, "eval_bits_per_byte": 2.41, "eval_perplexity": 12.18}]
+            {"step": 20, "eval_loss": 2.5, "eval_bits_per_byte": 2.41, "eval_perplexity": 12.18},
+            {"step": 20, "eval_loss": 2.4, "eval_bits_per_byte": None}]  # masked LMs log no bits/byte
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (tmp_path / "loss.png").write_bytes(b"\x89PNG")
     return tmp_path, model.num_parameters()
@@ -28,7 +29,8 @@ def test_card_states_the_runs_metrics_and_lineage(run_folder):
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert card.data.base_model == "me/tiny-base" and "minigpt" in card.data.tags
     text = card.text
-    assert "| eval_bits_per_byte | 2.41 |" in text and "| loss | 3.2 |" in text
+    assert "| eval_bits_per_byte | 2.41 |" in text and "| loss | 3.2 |" in text and "| eval_loss | 2.4 |" in text
+    assert "None" not in text
     assert f"{n_params:,}" in text and "![loss curve](loss.png)" in text
     assert 'AutoModelForCausalLM.from_pretrained("me/tiny", trust_remote_code=True)' in text
     assert "fine-tuned (SFT) from `me/tiny-base`" in text
