@@ -43,9 +43,10 @@ def final_metrics(folder: Path) -> dict:
         if not line.strip():
             continue
         try:
-            last.update(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{number}: not a JSON object") from None
+        last.update({k: v for k, v in row.items() if v is not None})
     return last
 
 
@@ -82,7 +83,7 @@ def render_model_card(folder, repo_id=None, stage="pretraining", base_model=None
     title, summary, auto_class, modeling_file, pipeline_tag = FAMILIES[model_type]
     metrics = final_metrics(folder)
     shown = [(k, _fmt(metrics[k])) for k in ("step", "tokens", "loss", "eval_loss", "eval_perplexity",
-                                             "eval_bits_per_byte") if metrics.get(k) is not None]
+                                             "eval_bits_per_byte") if k in metrics]
     repo_id = repo_id or folder.name
     data = ModelCardData(library_name="transformers", license=license, pipeline_tag=pipeline_tag,
                          tags=["minigpt", model_type, "custom_code"], base_model=base_model, datasets=datasets,
