@@ -45,12 +45,13 @@ def _files(folder: str) -> list[str]:
                   for root, _, names in os.walk(folder) for name in names if name != MANIFEST)
 
 
-def write_manifest(folder: str, step: int) -> None:
+def write_manifest(folder: str, state: dict) -> None:
+    """Sizes and hashes of every file, plus the loop's counters ``state`` (JSON: nothing here is unpickled)."""
     files = {rel: {"size": os.path.getsize(os.path.join(folder, rel)), "sha256": _sha256(os.path.join(folder, rel))}
              for rel in _files(folder)}
     path = os.path.join(folder, MANIFEST)
     with open(path, "w") as f:
-        json.dump({"step": step, "files": files}, f, indent=1)
+        json.dump({**state, "files": files}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
 
@@ -82,8 +83,20 @@ def latest_valid_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
-    """Save the full training state at ``step``; must be called on every rank. Returns the final folder."""
+def read_state(folder: str) -> dict:
+    """The counters ``save_checkpoint`` stored in a (verified) checkpoint's manifest."""
+    with open(os.path.join(folder, MANIFEST)) as f:
+        return {k: v for k, v in json.load(f).items() if k != "files"}
+
+
+def save_checkpoint(accelerator, output_dir: str, state: dict, total_limit: int | None = None) -> str:
+    """Save the full training state at ``state["step"]``; call on every rank. Returns the final folder.
+
+    accelerate writes the model as safetensors and the optimizer/scheduler/RNG states with torch.save, which it
+    reloads with ``weights_only=True``; the loop's own counters go in the JSON manifest rather than through
+    ``register_for_checkpointing``, whose objects accelerate would reload with a full unpickler.
+    """
+    step = state["step"]
     final = os.path.join(output_dir, f"{PREFIX}{step}")
     tmp = os.path.join(output_dir, f"{TMP_PREFIX}{step}")
     if accelerator.is_main_process:
@@ -93,7 +106,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.save_state(tmp, safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_manifest(tmp, step)
+        write_manifest(tmp, state)
         if os.path.isdir(final):  # re-saving a step (e.g. after a resume): replace the old copy
             shutil.rmtree(final)
         os.rename(tmp, final)

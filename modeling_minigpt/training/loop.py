@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoints import latest_valid_checkpoint, save_checkpoint
+from .checkpoints import latest_valid_checkpoint, read_state, save_checkpoint
 from .metrics import MetricsWriter, bits_per_byte, peak_flops
 from .signals import GracefulStop, isolated_rng
 
@@ -33,7 +33,7 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass
 class TrainState:
-    """The counters that ``save_state`` stores beside the model (via ``register_for_checkpointing``)."""
+    """The loop's counters; checkpoints keep them in their JSON manifest (see ``save_checkpoint``)."""
 
     step: int = 0
     tokens: int = 0
@@ -148,11 +148,11 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
     model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
     eval_dl = accelerator.prepare(eval_dl) if eval_dl is not None else None
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
     resume = [latest_valid_checkpoint(args.output_dir) if accelerator.is_main_process else None]
     resume = broadcast_object_list(resume)[0]
     if resume:
         accelerator.load_state(resume)
+        state.load_state_dict(read_state(resume))
         logger.info("resumed from %s (step %d, %d tokens)", resume, state.step, state.tokens)
     metrics = MetricsWriter(args.output_dir, accelerator.is_main_process, state.step if resume else None)
     batches = micro_batches(accelerator, train_dl, state.step * args.gradient_accumulation_steps)
@@ -179,7 +179,7 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
                 _report(accelerator, args, row, bar)
             scheduled = state.step % args.save_steps == 0 or state.step == args.max_steps
             if halt or scheduled and meter.bad_in_a_row == 0:  # no checkpoint mid-streak: keep the good ones
-                save_checkpoint(accelerator, args.output_dir, state.step, args.save_total_limit)
+                save_checkpoint(accelerator, args.output_dir, state.state_dict(), args.save_total_limit)
             if halt:
                 result["stopped_by"] = stop.signum or 15
                 logger.warning("stopping on signal %s at step %d; checkpoint saved", result["stopped_by"], state.step)

@@ -8,6 +8,7 @@ import torch
 from modeling_minigpt.training.checkpoints import (
     latest_valid_checkpoint,
     list_checkpoints,
+    read_state,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -35,12 +36,14 @@ def test_save_rotate_verify_and_fall_back(tmp_path, fresh_accelerate, caplog):
     for step in (1, 2, 3):
         _step(model, optimizer)
         weights[step] = model.weight.detach().clone()
-        save_checkpoint(accelerator, str(tmp_path), step, total_limit=2)
+        save_checkpoint(accelerator, str(tmp_path), {"step": step, "tokens": 10 * step}, total_limit=2)
     assert [s for s, _ in list_checkpoints(str(tmp_path))] == [2, 3]
     newest = tmp_path / "checkpoint-3"
     manifest = json.loads((newest / "manifest.json").read_text())
     assert manifest["step"] == 3 and "model.safetensors" in manifest["files"]
     assert verify_checkpoint(str(newest)) is None
+    assert read_state(str(newest)) == {"step": 3, "tokens": 30}
+    assert not list(newest.glob("custom_checkpoint_*")), "nothing that accelerate reloads with a full unpickler"
 
     with open(newest / "model.safetensors", "r+b") as f:  # a torn write: same name, fewer bytes
         f.truncate(os.path.getsize(newest / "model.safetensors") // 2)
@@ -58,7 +61,7 @@ def test_save_rotate_verify_and_fall_back(tmp_path, fresh_accelerate, caplog):
 
 def test_missing_or_extra_files_invalidate(tmp_path, fresh_accelerate):
     accelerator, _, _ = _prepared(fresh_accelerate)
-    path = save_checkpoint(accelerator, str(tmp_path), 5)
+    path = save_checkpoint(accelerator, str(tmp_path), {"step": 5})
     (tmp_path / "checkpoint-5" / "stray.bin").write_bytes(b"x")
     assert verify_checkpoint(path) == "the files differ from the manifest"
     os.remove(tmp_path / "checkpoint-5" / "stray.bin")
