@@ -85,12 +85,6 @@ class MiniBertModel(MiniBertPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
-
     def _embed(self, input_ids, token_type_ids, position_ids, inputs_embeds):
         if inputs_embeds is None:
             check_input_ids(input_ids, self.config.vocab_size)
@@ -169,12 +163,6 @@ class MiniBertForMaskedLM(MiniBertPreTrainedModel):
         self.transform = MiniBertMLMTransform(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
