@@ -45,6 +45,10 @@ def _apply_rotary_reference(q, k, cos, sin):
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
+def _rmsnorm_reference_forward(self, x):
+    return torch.nn.functional.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
 @contextlib.contextmanager
 def patched(obj, **attrs):
     saved = {name: getattr(obj, name) for name in attrs}
@@ -83,6 +87,8 @@ def train_arms(model, lever):
         off = lambda: _stack(patched(layers.RotaryEmbedding, forward=_rotary_reference_forward),  # noqa: E731
                              patched(layers, apply_rotary=_apply_rotary_reference))
         return make(context=off), make()
+    if lever == "rmsnorm":
+        return make(context=lambda: patched(layers.RMSNorm, forward=_rmsnorm_reference_forward)), make()
     if lever == "compile":
         return make(), make(run=torch.compile(model))
     raise ValueError(f"lever={lever!r} is not a training lever")
@@ -115,7 +121,7 @@ def generate_arms(model, lever):
     raise ValueError(f"lever={lever!r} is not a generation lever")
 
 
-TRAIN_LEVERS = ("fused-loss", "fused-adamw", "rope", "compile")
+TRAIN_LEVERS = ("fused-loss", "fused-adamw", "rope", "rmsnorm", "compile")
 GENERATE_LEVERS = ("rope-decode",)
 
 

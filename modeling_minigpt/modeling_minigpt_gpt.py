@@ -121,6 +121,13 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    def _decoding_without_mask(self, inputs_embeds, attention_mask, past_key_values) -> bool:
+        """One new token, no padding and a DynamicCache (which holds exactly the past): every key is visible, so
+        sdpa and eager need no mask. Skips create_causal_mask, a large share of a small model's decoding step."""
+        return (inputs_embeds.shape[1] == 1 and type(past_key_values) is DynamicCache
+                and self.config._attn_implementation in ("sdpa", "eager") and not torch.compiler.is_compiling()
+                and (attention_mask is None or bool(attention_mask.all())))
+
     @merge_with_config_defaults
     @capture_outputs
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
@@ -136,10 +143,14 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
             past = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
 
-        mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  past_key_values=past_key_values, position_ids=position_ids)
+        if self._decoding_without_mask(inputs_embeds, attention_mask, past_key_values):
+            mask = None
+        else:
+            mask = create_causal_mask(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      past_key_values=past_key_values, position_ids=position_ids)
         hidden_states, rotary = self.embed_positions(inputs_embeds, position_ids)
-        hidden_states = self.dropout(hidden_states)
+        if self.training and self.dropout.p > 0:
+            hidden_states = self.dropout(hidden_states)
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=mask, position_embeddings=rotary,
                                   past_key_values=past_key_values, **kwargs)
