@@ -157,16 +157,18 @@ def flops_per_token(config, seq_len: int | None = None) -> float:
 
 def suggest_config(params: float, vocab_size: int = 50257, seq_len: int = 2048) -> dict:
     """A GPT-2-style MiniGPT shape with about ``params`` parameters in all (embeddings included, as Chinchilla
-    counts them): head_dim 64, intermediate 4 x hidden, tied embeddings, learned positions. For each depth the
-    width that hits ``params`` is rounded to a multiple of 64 inside the aspect range hidden/layers in [64, 128];
+    counts them): head_dim 64 (128 from 2048 wide), intermediate 4 x hidden, tied embeddings, learned positions.
+    For each depth the width that hits ``params`` is rounded to a multiple of the head size inside the aspect
+    range hidden/layers in [64, 128];
     the shape with the smallest |log(size error)| + 0.02 |log(aspect / 100)| wins, so the aspect ratio moves away
     from ~100 only to buy more than about 1% of size accuracy."""
     best, best_score = None, math.inf
     for layers in range(1, 513):
         fixed = (vocab_size + seq_len) * 1.0  # embedding rows per unit of width
         width = (-fixed + math.sqrt(fixed ** 2 + 48 * layers * params)) / (24 * layers)  # 12 L d^2 + fixed d = N
-        for hidden in {HEAD_DIM * math.floor(width / HEAD_DIM), HEAD_DIM * math.ceil(width / HEAD_DIM)}:
-            hidden = min(max(hidden, ASPECT_RANGE[0] * layers, HEAD_DIM), ASPECT_RANGE[1] * layers)
+        step = _head_dim(width)
+        for hidden in {step * math.floor(width / step), step * math.ceil(width / step)}:
+            hidden = min(max(hidden, ASPECT_RANGE[0] * layers, step), ASPECT_RANGE[1] * layers)
             config = _gpt_config(layers, hidden, vocab_size, seq_len)
             score = (abs(math.log(count_params(config) / params))
                      + 0.02 * abs(math.log(hidden / layers / ASPECT_TARGET)))
@@ -175,9 +177,15 @@ def suggest_config(params: float, vocab_size: int = 50257, seq_len: int = 2048) 
     return best
 
 
+def _head_dim(width: float) -> int:
+    """64 as in GPT-2 up to 2k wide; 128 beyond, as in Chinchilla and Llama (fewer, larger heads)."""
+    return HEAD_DIM if width < 2048 else 2 * HEAD_DIM
+
+
 def _gpt_config(layers: int, hidden: int, vocab_size: int, seq_len: int) -> dict:
     return dict(model_type="minigpt", num_hidden_layers=layers, hidden_size=hidden,
-                num_attention_heads=hidden // HEAD_DIM, intermediate_size=4 * hidden, vocab_size=vocab_size,
+                num_attention_heads=max(1, hidden // _head_dim(hidden)), intermediate_size=4 * hidden,
+                vocab_size=vocab_size,
                 max_position_embeddings=seq_len, tie_word_embeddings=True)
 
 
@@ -291,6 +299,6 @@ def run(args) -> int:
     print(f"suggested config: num_hidden_layers={c['num_hidden_layers']} hidden_size={c['hidden_size']} "
           f"num_attention_heads={c['num_attention_heads']} intermediate_size={c['intermediate_size']} "
           f"vocab_size={c['vocab_size']} -> {_si(c['params'])} params, {c['flops_per_token']:.3g} FLOPs/token "
-          f"at seq_len {args.seq_len} (head_dim 64, hidden/layers ~{c['hidden_size'] / c['num_hidden_layers']:.0f})")
+          f"at seq_len {args.seq_len} (head_dim {c['hidden_size'] // c['num_attention_heads']}, hidden/layers ~{c['hidden_size'] / c['num_hidden_layers']:.0f})")
     return 0
 

@@ -63,7 +63,8 @@ def test_gpu_hours_convert_through_peak_and_mfu():
 def test_suggested_config_hits_the_size_with_a_sane_shape(target):
     config = suggest_config(target, vocab_size=32000, seq_len=1024)
     assert close(count_params(config), target, 0.03)
-    assert config["hidden_size"] == 64 * config["num_attention_heads"]
+    head_dim = 64 if config["hidden_size"] < 2048 else 128  # GPT-2's heads when small, Chinchilla's when large
+    assert config["hidden_size"] == head_dim * config["num_attention_heads"]
     assert config["intermediate_size"] == 4 * config["hidden_size"]
     assert 64 <= config["hidden_size"] / config["num_hidden_layers"] <= 128
     assert count_params(MiniGPTConfig(**{k: v for k, v in config.items() if k != "model_type"})) == count_params(config)
