@@ -7,27 +7,30 @@ each round), and prints medians and per-round ratios; it is a script that prints
 
     python bench/bench_gpt.py                       # the full run: a few minutes on 2 cores
     python bench/bench_gpt.py --quick               # one round, fewer steps: a smoke run
-    python bench/bench_gpt.py --rounds 5 --json out.json --no-compile
+    python bench/bench_gpt.py --rounds 5 --json out.json --compile
 
 Contenders (training: forward + backward + AdamW step on (batch, seq) random tokens with labels):
   hf-default    the HF model, eager, ``torch.optim.AdamW`` with its defaults
   ours-eager    MiniGPT, eager, the same optimizer as hf-default (model against model)
   ours-default  MiniGPT as recommended: ``MiniGPTForCausalLM`` (chunked lm_head + CE when labels are given) and
                 ``AdamW(fused=True)``
-  *-compiled    ``torch.compile(model)`` for both, default optimizer each (skipped with --no-compile)
+  *-compiled    ``torch.compile(model)`` for both, default optimizer each (only with --compile: about 90 s of
+                compiling per model on 2 cores, and it bought MiniGPT nothing, see bench/README.md)
 Generation: ``generate()`` at batch 1, greedy, KV cache, a 64-token prompt and 128 new tokens (prefill included).
 
-MFU = tokens/s x planning.flops_per_token(config, seq) / the fp32 matmul rate measured in the same round
-(2048^3 ``torch.mm``); "gemm-shaped" divides by the rate of the model's own forward GEMM shapes instead.
+MFU = tokens/s x planning.flops_per_token(config, seq) / the fp32 matmul rate (2048^3 ``torch.mm``) measured
+right before that contender in the same round; "MFU gemm" divides by the round's rate on the model's own
+forward GEMM shapes instead. Use --threads 1 on a machine shared with other jobs: two OpenMP threads wait on
+each other whenever one core is taken, which swamps every difference between the contenders.
 """
 
 import argparse
 import json
-from dataclasses import dataclass
 import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,6 +55,7 @@ def build_hf(family: str):
     Dropout is 0 in both so the two families do the same work as MiniGPT's converted copy."""
     import transformers as tf
 
+    tf.logging.set_verbosity_error()
     s = SHAPE
     torch.manual_seed(0)
     if family == "llama":
@@ -61,8 +65,8 @@ def build_hf(family: str):
                                 tie_word_embeddings=False, attn_implementation="sdpa")
         return tf.LlamaForCausalLM(config)
     config = tf.GPT2Config(vocab_size=s["vocab"], n_embd=s["hidden"], n_layer=s["layers"], n_head=s["heads"],
-                           n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                           attn_implementation="sdpa")
+                           n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
+                           eos_token_id=None, attn_implementation="sdpa")
     return tf.GPT2LMHeadModel(config)
 
 
@@ -124,6 +128,22 @@ def make_generate(model):
     return gen
 
 
+def make_weight_floor(model, tokens=16):
+    """One decoding step's GEMVs and nothing else: every weight matrix times one row, ``tokens`` times. At batch 1
+    a step must stream all the weights from memory, so this bounds any implementation's generation speed."""
+    # Embeddings are lookups, not GEMVs; a tied one is listed once, as the token embedding, and stands for the head.
+    lookups = ("embed_positions",) + (() if model.config.tie_word_embeddings else ("embed_tokens",))
+    mats = [p.detach() for name, p in model.named_parameters() if p.dim() == 2 and not any(k in name for k in lookups)]
+    x = {m.shape[1]: torch.randn(1, m.shape[1]) for m in mats}
+
+    def run():
+        with torch.inference_mode():
+            for _ in range(tokens):
+                for m in mats:
+                    torch.nn.functional.linear(x[m.shape[1]], m)
+    return run
+
+
 def contenders(args):
     """{"train llama hf-default": Contender, ...} and the Llama-shaped MiniGPT config (for the GEMM shapes)."""
     out, tokens, gemm_config = {}, SHAPE["batch"] * SHAPE["seq"], None
@@ -141,11 +161,13 @@ def contenders(args):
             out[f"train {family} {who}"] = Contender("train", step, tokens, 2 if compiled else 1, flops)
         for who, model in (("hf", hf), ("ours", ours)):
             out[f"generate {family} {who}"] = Contender("generate", make_generate(model), GEN["new_tokens"], 1)
+        out[f"generate {family} weights-only"] = Contender("generate", make_weight_floor(ours), 16, 1)
     return out, gemm_config
 
 
 def measure(args, table):
-    """Rounds of: matmul rates, then every contender, in an order rotated each round. Returns per-round rows."""
+    """Rounds of: matmul rates, then every contender (a training one right after a short matmul measurement),
+    in an order rotated each round. Returns per-round rows."""
     rounds, names = [], list(table)
     for name, c in table.items():
         start = time.perf_counter()
@@ -157,6 +179,8 @@ def measure(args, table):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             c = table[name]
+            if c.flops_per_token:  # the machine's rate right before, so MFU sees the same neighbours' load
+                row[f"mm {name}"] = matmul_rate([(2048, 2048, 2048)], min_seconds=0.15)
             calls = args.steps if c.kind == "train" else 1
             start = time.perf_counter()
             for _ in range(calls):
@@ -172,11 +196,12 @@ def summarize(table, rounds):
     """Medians of tokens/s, MFU and of the per-round ratios."""
     med = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
     rate = {name: med(name) for name in table}
-    mfu = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r["mm2048"] for r in rounds)
+    mfu = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r[f"mm {name}"] for r in rounds)
            for name, c in table.items() if c.flops_per_token}
     mfu_gemm = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r["gemm"] for r in rounds)
                 for name, c in table.items() if c.flops_per_token}
-    pairs = {"ours-default": "hf-default", "ours-eager": "hf-default", "ours-compiled": "hf-compiled", "ours": "hf"}
+    pairs = {"ours-default": "hf-default", "ours-eager": "hf-default", "ours-compiled": "hf-compiled", "ours": "hf",
+             "weights-only": "hf"}  # weights-only/hf: the most any batch-1 decoder could gain over HF here
     ratios = {}
     for name in table:
         kind, family, who = name.split(" ")
@@ -188,7 +213,7 @@ def summarize(table, rounds):
 
 
 def report(summary, args):
-    print(f"\nshape {SHAPE}, generate {GEN}, fp32, torch {torch.__version__}, {args.rounds} rounds x {args.steps} "
+    print(f"\nshape {SHAPE}, threads {args.threads}, generate {GEN}, fp32, torch {torch.__version__}, {args.rounds} rounds x {args.steps} "
           f"steps, load avg {os.getloadavg()[0]:.2f}")
     print(f"fp32 matmul: 2048^3 {summary['mm2048_gflops']:.1f} GFLOP/s; model-shaped GEMMs "
           f"{summary['gemm_shaped_gflops']:.1f} GFLOP/s\n")
@@ -212,7 +237,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds after warmup (default 3)")
     parser.add_argument("--steps", type=int, default=2, help="training steps per contender per round (default 2)")
     parser.add_argument("--quick", action="store_true", help="one round of one step, no compile: a smoke run")
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile rows")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow to compile)")
     parser.add_argument("--families", nargs="+", default=["llama", "gpt2"], choices=["llama", "gpt2"])
     parser.add_argument("--threads", type=int, default=SHAPE["threads"])
     parser.add_argument("--json", type=Path, help="also write the rounds and the summary here")

@@ -171,11 +171,14 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         self.post_init()
 
     def _fuse_loss(self, labels, skip_logits, logits_to_keep) -> bool:
-        """Fused LM head + loss: by default when training with labels, with a plain bias-free head (not a PEFT
-        or tensor-parallel wrapper, whose weight alone is not the head) and all positions kept."""
+        """Fused LM head + loss: by default when training with labels, with a plain bias-free head and all
+        positions kept. A PEFT, quantized, sharded, hooked or patched head runs as it is, so its weight alone is
+        not taken for the head."""
         if skip_logits is None:
             skip_logits = self.training and labels is not None
-        plain_head = type(self.lm_head) is nn.Linear and self.lm_head.bias is None
+        head = self.lm_head
+        plain_head = (type(head) is nn.Linear and head.bias is None and type(head.weight) is nn.Parameter
+                      and not (head._forward_hooks or head._forward_pre_hooks or "forward" in head.__dict__))
         return skip_logits and labels is not None and plain_head and logits_to_keep == 0
 
     @can_return_tuple
