@@ -178,6 +178,16 @@ class MiniBertForMaskedLM(MiniBertPreTrainedModel):
                               attentions=outputs.attentions)
 
 
+def _add_classifier(head, config, backbone):
+    """Backbone, dropout and linear classifier of the two classification heads, then HF's post_init."""
+    head.num_labels = config.num_labels
+    head.model = backbone
+    dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
+    head.dropout = nn.Dropout(dropout)
+    head.classifier = nn.Linear(config.hidden_size, config.num_labels)
+    head.post_init()
+
+
 class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
     """Backbone + dropout + linear classifier on the pooled [CLS] vector (the raw [CLS] state when
     ``config.add_pooling_layer`` is False). ``config.problem_type`` picks regression / single- / multi-label loss.
@@ -189,12 +199,7 @@ class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
 
     def __init__(self, config: MiniBertConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = MiniBertModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+        _add_classifier(self, config, MiniBertModel(config))
 
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -215,12 +220,7 @@ class MiniBertForTokenClassification(MiniBertPreTrainedModel):
 
     def __init__(self, config: MiniBertConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = MiniBertModel(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+        _add_classifier(self, config, MiniBertModel(config, add_pooling_layer=False))
 
     @can_return_tuple
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
