@@ -19,9 +19,10 @@ Contenders (training: forward + backward + AdamW step on (batch, seq) random tok
 Generation: ``generate()`` at batch 1, greedy, KV cache, a 64-token prompt and 128 new tokens (prefill included).
 
 MFU = tokens/s x planning.flops_per_token(config, seq) / the fp32 matmul rate (2048^3 ``torch.mm``) measured
-right before that contender in the same round; "MFU gemm" divides by the round's rate on the model's own
-forward GEMM shapes instead. Use --threads 1 on a machine shared with other jobs: two OpenMP threads wait on
-each other whenever one core is taken, which swamps every difference between the contenders.
+next to that contender; "MFU gemm" divides by the round's rate on the model's own forward GEMM shapes instead.
+A contender's round counts only when that neighbouring matmul rate is within 85% of the best one seen (another
+job on the cores shows up there first). Use --threads 1 on a machine shared with other jobs: two OpenMP threads
+wait on each other whenever one core is taken, which swamps every difference between the contenders.
 """
 
 import argparse
@@ -166,8 +167,8 @@ def contenders(args):
 
 
 def measure(args, table):
-    """Rounds of: matmul rates, then every contender (a training one right after a short matmul measurement),
-    in an order rotated each round. Returns per-round rows."""
+    """Rounds of every contender, in an order rotated each round, with a short 2048^3 matmul measurement between
+    neighbours: ``mm NAME`` is the lower of the rates just before and just after NAME ran."""
     rounds, names = [], list(table)
     for name, c in table.items():
         start = time.perf_counter()
@@ -175,61 +176,65 @@ def measure(args, table):
             c.run()
         print(f"  warmup {name}: {time.perf_counter() - start:.1f}s", file=sys.stderr)
     for r in range(args.rounds):
-        row = {"mm2048": matmul_rate([(2048, 2048, 2048)]), "gemm": matmul_rate(args.gemm_shapes)}
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+        row = {"gemm": matmul_rate(args.gemm_shapes)}
+        before = matmul_rate([(2048, 2048, 2048)], min_seconds=0.15)
+        for name in names[r % len(names):] + names[:r % len(names)]:
             c = table[name]
-            if c.flops_per_token:  # the machine's rate right before, so MFU sees the same neighbours' load
-                row[f"mm {name}"] = matmul_rate([(2048, 2048, 2048)], min_seconds=0.15)
             calls = args.steps if c.kind == "train" else 1
             start = time.perf_counter()
             for _ in range(calls):
                 c.run()
             row[name] = calls * c.tokens / (time.perf_counter() - start)
+            after = matmul_rate([(2048, 2048, 2048)], min_seconds=0.15)
+            row[f"mm {name}"], before = min(before, after), after
         rounds.append(row)
-        print(f"  round {r + 1}/{args.rounds}: mm {row['mm2048']:.1f} GFLOP/s, load {os.getloadavg()[0]:.2f}",
-              file=sys.stderr)
+        print(f"  round {r + 1}/{args.rounds}: load {os.getloadavg()[0]:.2f}", file=sys.stderr)
     return rounds
 
 
-def summarize(table, rounds):
-    """Medians of tokens/s, MFU and of the per-round ratios."""
-    med = lambda key: statistics.median(r[key] for r in rounds)  # noqa: E731
-    rate = {name: med(name) for name in table}
-    mfu = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r[f"mm {name}"] for r in rounds)
+def summarize(table, rounds, clean_fraction=0.85):
+    """Medians over the clean rounds of each contender (or pair): those whose neighbouring matmul rate stayed
+    within ``clean_fraction`` of the best seen. Another job on the cores shows there first; all rounds are used
+    when none is clean, and the count of rounds used is reported."""
+    best = max(v for r in rounds for k, v in r.items() if k.startswith("mm "))
+    clean = {name: [r for r in rounds if r[f"mm {name}"] >= clean_fraction * best] or rounds for name in table}
+    rate = {name: statistics.median(r[name] for r in clean[name]) for name in table}
+    mfu = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r[f"mm {name}"] for r in clean[name])
            for name, c in table.items() if c.flops_per_token}
-    mfu_gemm = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r["gemm"] for r in rounds)
+    mfu_gemm = {name: statistics.median(r[name] * c.flops_per_token / 1e9 / r["gemm"] for r in clean[name])
                 for name, c in table.items() if c.flops_per_token}
     pairs = {"ours-default": "hf-default", "ours-eager": "hf-default", "ours-compiled": "hf-compiled", "ours": "hf",
              "weights-only": "hf"}  # weights-only/hf: the most any batch-1 decoder could gain over HF here
-    ratios = {}
+    ratios, used = {}, {}
     for name in table:
         kind, family, who = name.split(" ")
         other = f"{kind} {family} {pairs.get(who)}"
         if other in table:  # hf-default is also HF's eager, so ours-eager/hf-default is eager against eager
-            ratios[f"{kind} {family} {who}/{pairs[who]}"] = statistics.median(r[name] / r[other] for r in rounds)
-    return {"tokens_per_s": rate, "mfu": mfu, "mfu_gemm_shaped": mfu_gemm, "ratios": ratios,
-            "mm2048_gflops": med("mm2048"), "gemm_shaped_gflops": med("gemm")}
+            both = [r for r in clean[name] if r in clean[other]] or rounds
+            key = f"{kind} {family} {who}/{pairs[who]}"
+            ratios[key], used[key] = statistics.median(r[name] / r[other] for r in both), len(both)
+    return {"tokens_per_s": rate, "mfu": mfu, "mfu_gemm_shaped": mfu_gemm, "ratios": ratios, "rounds_used": used,
+            "mm2048_gflops_best": best, "gemm_shaped_gflops": statistics.median(r["gemm"] for r in rounds)}
 
 
 def report(summary, args):
-    print(f"\nshape {SHAPE}, threads {args.threads}, generate {GEN}, fp32, torch {torch.__version__}, {args.rounds} rounds x {args.steps} "
-          f"steps, load avg {os.getloadavg()[0]:.2f}")
-    print(f"fp32 matmul: 2048^3 {summary['mm2048_gflops']:.1f} GFLOP/s; model-shaped GEMMs "
-          f"{summary['gemm_shaped_gflops']:.1f} GFLOP/s\n")
+    print(f"\nshape {SHAPE}, threads {args.threads}, generate {GEN}, fp32, torch {torch.__version__}, "
+          f"{args.rounds} rounds x {args.steps} steps, load avg {os.getloadavg()[0]:.2f}")
+    print(f"fp32 matmul: 2048^3 {summary['mm2048_gflops_best']:.1f} GFLOP/s (best); model-shaped GEMMs "
+          f"{summary['gemm_shaped_gflops']:.1f} GFLOP/s (median)\n")
     print(f"{'contender':32} {'tokens/s':>9} {'MFU':>6} {'MFU gemm':>9}")
     for name, rate in summary["tokens_per_s"].items():
         mfu = summary["mfu"].get(name)
         extra = f"{mfu:6.1%} {summary['mfu_gemm_shaped'][name]:9.1%}" if mfu else ""
         print(f"{name:32} {rate:9.1f} {extra}")
-    print(f"\n{'ratio (median of per-round ratios)':48} {'value':>6}  target")
+    print(f"\n{'ratio (median of per-round ratios)':42} {'value':>6} {'rounds':>6}  target")
     for name, value in summary["ratios"].items():
         target = TARGETS.get(name)
         mark = "" if target is None else f"  >= {target}: {'met' if value >= target else 'NOT met'}"
-        print(f"{name:48} {value:6.2f}{mark}")
+        print(f"{name:42} {value:6.2f} {summary['rounds_used'][name]:6d}{mark}")
     mfu = summary["mfu"].get("train llama ours-default")
     if mfu is not None:
-        print(f"{'MFU llama ours-default':48} {mfu:6.1%}  >= 80%: {'met' if mfu >= 0.8 else 'NOT met'}")
+        print(f"{'MFU llama ours-default':42} {mfu:6.1%} {'':6}  >= 80%: {'met' if mfu >= 0.8 else 'NOT met'}")
 
 
 def main(argv=None):
