@@ -8,6 +8,7 @@ each round), and prints medians and per-round ratios; it is a script that prints
     python bench/bench_gpt.py                       # the full run: about 4 minutes on 2 cores
     python bench/bench_gpt.py --quick               # one round, fewer steps: a smoke run
     python bench/bench_gpt.py --rounds 5 --json out.json --compile
+    python bench/bench_gpt.py --only generate      # the generate rows alone: under a minute
 
 Contenders (training: forward + backward + AdamW step on (batch, seq) random tokens with labels):
   hf-default    the HF model, eager, ``torch.optim.AdamW`` with its defaults
@@ -163,7 +164,7 @@ def contenders(args):
         for who, model in (("hf", hf), ("ours", ours)):
             out[f"generate {family} {who}"] = Contender("generate", make_generate(model), GEN["new_tokens"], 1)
         out[f"generate {family} weights-only"] = Contender("generate", make_weight_floor(ours), 16, 1)
-    return out, gemm_config
+    return {name: c for name, c in out.items() if c.kind in args.only}, gemm_config
 
 
 def measure(args, table):
@@ -245,6 +246,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one round of one step, no compile: a smoke run")
     parser.add_argument("--compile", action="store_true", help="add torch.compile rows (slow to compile)")
     parser.add_argument("--families", nargs="+", default=["llama", "gpt2"], choices=["llama", "gpt2"])
+    parser.add_argument("--only", nargs="+", default=["train", "generate"], choices=["train", "generate"],
+                        help="measure only these kinds of rows (default both)")
     parser.add_argument("--threads", type=int, default=SHAPE["threads"])
     parser.add_argument("--json", type=Path, help="also write the rounds and the summary here")
     args = parser.parse_args(argv)
