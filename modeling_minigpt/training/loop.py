@@ -252,7 +252,8 @@ class _Meter:
         tps = self.tokens / max(self.seconds, 1e-9)
         row = {"step": state.step, "loss": loss, "lr": lr, "tokens": state.tokens, "tokens_per_second": round(tps, 1)}
         if self.peak:
-            row["mfu"] = round(tps * self.objective.flops_per_token / (self.peak * self.accelerator.num_processes), 6)
+            mfu = tps * self.objective.flops_per_token / (self.peak * self.accelerator.num_processes)
+            row["mfu"] = float(f"{mfu:.4g}")  # significant digits: a tiny model on a big GPU is at 1e-5
         self._reset()
         return row
 
