@@ -56,9 +56,9 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad = grad.to(h.dtype)
             if need_h:
                 grad_h[start:start + chunk_rows] = grad @ weight  # (n, D)
-            if need_w and grad.dtype == grad_w.dtype == h.dtype:
+            if need_w and grad.dtype == grad_w.dtype == h.dtype and not torch.is_autocast_enabled(h.device.type):
                 grad_w.addmm_(grad.t(), h)  # (V, D)
-            elif need_w:
+            elif need_w:  # under autocast a bf16/fp16 GEMM (an in-place addmm_ would escape it and run in fp32)
                 grad_w += (grad.t() @ h).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype

@@ -160,3 +160,28 @@ def test_trainer_gradient_accumulation_steps_by_the_mean_gradient(tmp_path):
     Trainer(model=model, args=args, train_dataset=data).train()
     for name, p in model.named_parameters():
         torch.testing.assert_close(before[name] - p.detach(), expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_under_bf16_autocast_the_head_gradient_is_a_bf16_gemm_close_to_the_plain_path():
+    """Under autocast (accelerate's mixed precision) every GEMM of the fused loss runs in bf16, like the plain
+    path's; the in-place fp32 ``addmm_`` escaped autocast and ran in fp32 (on an H100 without TF32: slow)."""
+    model = model_for("untied")
+    ids, labels = batch()
+    grads = {}
+    for skip in (True, False):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, labels=labels, skip_logits=skip).loss
+        loss.backward()
+        grads[skip] = (loss.detach(), model.lm_head.weight.grad.clone())
+    torch.testing.assert_close(grads[True][0], grads[False][0], atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(grads[True][1], grads[False][1], atol=1e-3, rtol=5e-2)
+    calls = []
+    original = torch.Tensor.addmm_
+    torch.Tensor.addmm_ = lambda self, *a, **k: calls.append(self.dtype) or original(self, *a, **k)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(ids, labels=labels).loss.backward()
+    finally:
+        torch.Tensor.addmm_ = original
+    assert calls == []  # no fp32 in-place GEMM under autocast
