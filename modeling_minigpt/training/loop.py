@@ -55,13 +55,25 @@ class Objective:
     flops_per_token: float | None = None  # forward + backward, for MFU
 
 
+def fused_adamw_supported(params, device) -> bool:
+    """Whether torch has a fused AdamW kernel for floating-point ``params`` trained on ``device`` (CUDA, and CPU
+    since torch 2.4). torch checks only at the first step, so ask before choosing it."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+        devices = _get_fused_kernels_supported_devices()
+    except ImportError:  # a private helper: should it move, keep to the device that has always had the kernel
+        devices = ["cuda"]
+    return device.type in devices and all(p.is_floating_point() for p in params)
+
+
 def build_optimizer(model, args, device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not on norms, biases), fused kernels where the device has them."""
+    """AdamW; weight decay on matrices only (not on norms, biases), fused kernels where the device has them
+    (on CPU, about a third of the unfused step time for the tiny model)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon, fused=device.type == "cuda")
+                             eps=args.adam_epsilon, fused=fused_adamw_supported(decay + no_decay, device))
 
 
 def build_scheduler(optimizer, args):

@@ -1,5 +1,6 @@
-"""The loop on its own: a non-finite loss skips the update, and too many in a row stop the run."""
+"""The loop on its own: a non-finite loss skips the update, too many in a row stop the run; fused AdamW."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from modeling_minigpt.training.checkpoints import list_checkpoints
-from modeling_minigpt.training.loop import Objective, TrainingDivergedError, train
+from modeling_minigpt.training.loop import Objective, TrainingDivergedError, build_optimizer, train
 from modeling_minigpt.training.metrics import read_metrics
 from modeling_minigpt.training.pretrain import causal_collator
 
@@ -87,3 +88,23 @@ def test_too_little_data_for_one_batch_is_a_clear_error(tmp_path, fresh_accelera
     with pytest.raises(ValueError, match="the train split has 3 blocks, fewer than one batch"):
         train(Accelerator(cpu=True), TurnsNaN(good=10), blocks(n=3), None, causal_collator,
               Objective("causal", 8), loop_args(tmp_path))
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel_and_steps_like_the_unfused_one():
+    # float64: the two differ only by rounding, which Adam amplifies in float32 where a gradient changes sign
+    fused_model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).double()
+    plain_model, initial = copy.deepcopy(fused_model), copy.deepcopy(fused_model)
+    args = loop_args("unused", weight_decay=0.1, learning_rate=1e-2)
+    fused = build_optimizer(fused_model, args, torch.device("cpu"))
+    plain = build_optimizer(plain_model, args, torch.device("meta"))  # a device without the kernel
+    assert [group["fused"] for group in fused.param_groups] == [True, True]
+    assert not any(group["fused"] for group in plain.param_groups)
+    x = torch.randn(16, 8, dtype=torch.float64)
+    for _ in range(5):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b, before in zip(fused_model.parameters(), plain_model.parameters(), initial.parameters(), strict=True):
+        assert (a - before).abs().mean() > 1e-2  # the steps moved every tensor
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
