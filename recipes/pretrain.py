@@ -109,6 +109,7 @@ class PretrainingArguments:
     seed: int = 42
     bf16: bool | None = field(default=None, metadata={"help": "default: the launch profile's mixed_precision"})
     torch_compile: bool = False
+    tf32: bool = field(default=True, metadata={"help": "CUDA: TF32 tensor cores for fp32 matmuls (torch's default: off)"})
     gradient_checkpointing: bool = False
     report_to: str = field(default="none", metadata={"help": "none | all | tensorboard | trackio | wandb"})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "stop after this many non-finite losses in a row"})

@@ -30,6 +30,7 @@ def make_accelerator(args):
     from accelerate.utils import GradientAccumulationPlugin, TorchDynamoPlugin
 
     _use_cpu_when_no_accelerator()
+    _set_tf32(getattr(args, "tf32", True))
     kwargs = {}
     if args.bf16 is not None:
         kwargs["mixed_precision"] = "bf16" if args.bf16 else "no"
@@ -48,6 +49,14 @@ def make_accelerator(args):
                            f"{accelerator.num_processes} ({accelerator.distributed_type.value}); on CPU launch with "
                            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...")
     return accelerator
+
+
+def _set_tf32(enabled: bool) -> None:
+    """fp32 matmuls on TF32 tensor cores (Ampere and newer), as nanoGPT does; torch leaves them off by default."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 def _use_cpu_when_no_accelerator() -> None:
@@ -108,8 +117,10 @@ def pretrain(model_args, data_args, args) -> dict:
         write_run_info(accelerator, args.output_dir, model_args, data_args, args, packed.stats)
     if accelerator.log_with:
         accelerator.init_trackers(os.path.basename(os.path.normpath(args.output_dir)), _scalars(args))
-    result = train(accelerator, model, packed.splits["train"], packed.splits.get("validation"), collator,
-                   objective, args)
+    splits = packed.splits
+    if model_args.family == "gpt":  # rows as tensors: python lists of ints cost ~6 ms per 16 x 1024 batch
+        splits = {name: split.with_format("torch") for name, split in splits.items()}
+    result = train(accelerator, model, splits["train"], splits.get("validation"), collator, objective, args)
     if result["stopped_by"] is None:
         finish(accelerator, result.pop("model"), tokenizer, args.output_dir)
     accelerator.end_training()
