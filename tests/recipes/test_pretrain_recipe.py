@@ -32,7 +32,8 @@ def recipe_args(workdir, output_dir, **overrides):
     fields = {"data_files": str(workdir / "corpus.txt"), "vocab_size": 320, "block_size": 32,
               "model_config": json.dumps(TINY_MODEL), "per_device_train_batch_size": 8,
               "per_device_eval_batch_size": 64, "max_steps": MAX_STEPS, "save_steps": 10, "eval_steps": 20,
-              "logging_steps": 5, "warmup_steps": 5, "learning_rate": 2e-3,  # pinned: the yaml's is tuned
+              "logging_steps": 5, "warmup_steps": 5, "learning_rate": 2e-3,  # pinned: the yaml's are tuned
+              "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": json.dumps({"min_lr_rate": 0.1}),
               "dataset_cache_dir": str(workdir / "packed"),
               "output_dir": str(output_dir), **overrides}
     args = ["--config", "recipes/configs/gpt/tiny_pretrain.yaml"]
