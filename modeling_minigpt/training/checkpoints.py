@@ -1,9 +1,14 @@
 """Crash-safe checkpoints: ``output_dir/checkpoint-<step>/`` written atomically, verified before resuming.
 
-Every rank runs ``accelerator.save_state`` into a temp folder (each rank writes its own RNG file); the main
-process then writes ``manifest.json`` (size and sha256 of every file) and renames the folder into place. A crash
-leaves at worst a ``tmp-checkpoint-*`` folder, which is ignored and cleaned up by the next save. Resuming takes
-the newest folder whose manifest matches its files; a corrupt one is reported and skipped.
+Every rank writes the training state into a temp folder (each rank its own RNG files); the main process then
+writes ``manifest.json`` (size and sha256 of every file) and renames the folder into place. A crash leaves at
+worst a ``tmp-checkpoint-*`` folder, which is ignored and cleaned up by the next save. Resuming takes the newest
+folder whose manifest matches its files; a corrupt one is reported and skipped.
+
+Formats: single process and DDP (``distributed_type`` NO, MULTI_CPU, MULTI_GPU) write safetensors and JSON only,
+no pickle (``state_files``: model, optimizer, scheduler, RNG states). FSDP and DeepSpeed (and the other engines)
+keep ``accelerator.save_state``/``load_state``: their sharded formats belong to them, and their optimizer,
+scheduler and RNG files are torch.save pickles that accelerate reloads with ``weights_only=True``.
 """
 
 import hashlib
@@ -12,6 +17,8 @@ import logging
 import os
 import re
 import shutil
+
+from .state_files import is_unsharded, load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +99,8 @@ def read_state(folder: str) -> dict:
 def save_checkpoint(accelerator, output_dir: str, state: dict, total_limit: int | None = None) -> str:
     """Save the full training state at ``state["step"]``; call on every rank. Returns the final folder.
 
-    accelerate writes the model as safetensors and the optimizer/scheduler/RNG states with torch.save, which it
-    reloads with ``weights_only=True``; the loop's own counters go in the JSON manifest rather than through
-    ``register_for_checkpointing``, whose objects accelerate would reload with a full unpickler.
+    The loop's own counters go in the JSON manifest rather than through ``register_for_checkpointing``, whose
+    objects accelerate would pickle.
     """
     step = state["step"]
     final = os.path.join(output_dir, f"{PREFIX}{step}")
@@ -103,7 +109,11 @@ def save_checkpoint(accelerator, output_dir: str, state: dict, total_limit: int 
         _remove_stale_temps(output_dir)
         os.makedirs(output_dir, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp, safe_serialization=True)
+    if is_unsharded(accelerator):
+        os.makedirs(tmp, exist_ok=True)
+        save_training_state(accelerator, tmp)
+    else:
+        accelerator.save_state(tmp, safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_manifest(tmp, state)
@@ -115,6 +125,16 @@ def save_checkpoint(accelerator, output_dir: str, state: dict, total_limit: int 
             rotate_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator, folder: str) -> dict:
+    """Restore the training state ``save_checkpoint`` wrote into the prepared objects; returns the counters
+    from the manifest. Call on every rank, with a folder ``latest_valid_checkpoint`` chose."""
+    if is_unsharded(accelerator):
+        load_training_state(accelerator, folder)
+    else:
+        accelerator.load_state(folder)
+    return read_state(folder)
 
 
 def rotate_checkpoints(output_dir: str, total_limit: int) -> None:

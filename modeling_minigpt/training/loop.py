@@ -7,8 +7,9 @@ lr_scheduler_kwargs, warmup_steps, logging_steps, eval_steps, save_steps, save_t
 max_nonfinite_steps, dataloader_num_workers.
 
 Resume is bit-identical (SIGKILL + relaunch gives the same final loss as one uninterrupted run, dropout on): the
-sampler is accelerate's seedable one, the DataLoader owns its generator, the optimizer, scheduler and step counter
-go through ``save_state``, and the data position is restored with ``set_epoch`` + ``skip_first_batches``.
+sampler is accelerate's seedable one, the DataLoader owns its generator, the model, optimizer, scheduler, RNG
+states and step counters go into the checkpoint (safetensors + JSON, see ``checkpoints``), and the data position
+is restored with ``set_epoch`` + ``skip_first_batches``.
 """
 
 import contextlib
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from .checkpoints import latest_valid_checkpoint, read_state, save_checkpoint
+from .checkpoints import latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from .metrics import MetricsWriter, bits_per_byte, peak_flops
 from .signals import GracefulStop, isolated_rng
 
@@ -163,8 +164,7 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
     resume = [latest_valid_checkpoint(args.output_dir) if accelerator.is_main_process else None]
     resume = broadcast_object_list(resume)[0]
     if resume:
-        accelerator.load_state(resume)
-        state.load_state_dict(read_state(resume))
+        state.load_state_dict(load_checkpoint(accelerator, resume))
         logger.info("resumed from %s (step %d, %d tokens)", resume, state.step, state.tokens)
     metrics = MetricsWriter(args.output_dir, accelerator.is_main_process, state.step if resume else None)
     batches = micro_batches(accelerator, train_dl, state.step * args.gradient_accumulation_steps)

@@ -110,6 +110,7 @@ def test_run_writes_metrics_plot_checkpoints_and_a_hub_ready_folder(reference):
     assert train_rows[-1]["lr"] == pytest.approx(2e-3 * 0.1)  # cosine down to min_lr_rate at the last step
     assert (output_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert [p.name for p in sorted(output_dir.glob("checkpoint-*"))] == ["checkpoint-30", "checkpoint-40"]
+    assert {p.suffix for p in (output_dir / "checkpoint-40").iterdir()} == {".json", ".safetensors"}  # no pickle
     assert not list(output_dir.glob("tmp-*")) and not list(output_dir.glob(".tmp-*"))
     run_info = json.loads((output_dir / "run.json").read_text())
     assert run_info["world_size"] == 1 and run_info["data_stats"]["validation"]["bytes"] == 2_000
@@ -171,7 +172,7 @@ def test_sigterm_saves_and_exits_then_a_corrupt_newest_checkpoint_falls_back(wor
     assert (output_dir / f"checkpoint-{stopped_at}" / "manifest.json").is_file()  # saved at the step boundary
     assert not (output_dir / "config.json").exists()  # stopped early: no final folder
 
-    newest = output_dir / f"checkpoint-{stopped_at}" / "optimizer.bin"
+    newest = output_dir / f"checkpoint-{stopped_at}" / "optimizer.safetensors"
     newest.write_bytes(newest.read_bytes()[:-10])  # corrupt it: the relaunch must warn and use an older one
     resumed = run(workdir, args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -224,6 +225,9 @@ def test_two_process_cpu_ddp(workdir, reference):
     data = rows(output_dir)
     assert [r["tokens"] for r in data if "loss" in r] == [3 * 8 * 32 * 2, 6 * 8 * 32 * 2]  # both processes
     assert json.loads((output_dir / "run.json").read_text())["distributed_type"] == "MULTI_CPU"
+    saved = {p.name for p in (output_dir / "checkpoint-6").iterdir()}
+    assert {"random_states_0.safetensors", "random_states_1.safetensors", "optimizer.safetensors"} <= saved
+    assert {name.rsplit(".", 1)[1] for name in saved} == {"json", "safetensors"}  # no pickle under DDP either
     # the sharded eval (repeated samples dropped) equals a one-process eval of the saved model
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
