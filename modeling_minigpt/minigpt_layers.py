@@ -24,6 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_minigpt import MiniConfigBase
+from .minigpt_linear import linear
 
 # ---------------------------------------------------------------------------------------------------------------
 # Norms
@@ -266,14 +267,14 @@ class Attention(nn.Module):
 
     def _project_kv(self, states):
         shape = (*states.shape[:-1], -1, self.head_dim)
-        k = self.k_proj(states).view(shape).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(states).view(shape).transpose(1, 2)
+        k = linear(self.k_proj, states).view(shape).transpose(1, 2)  # (B, nkv, T, hd)
+        v = linear(self.v_proj, states).view(shape).transpose(1, 2)
         return k, v
 
     def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None,
                 key_value_states=None, position_bias=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
-        q = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        q = linear(self.q_proj, hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
 
         cache = past_key_values
         if isinstance(cache, EncoderDecoderCache):
@@ -305,7 +306,7 @@ class Attention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        out = self.o_proj(out.reshape(*input_shape, -1))  # (B, T, nh*hd) -> (B, T, D)
+        out = linear(self.o_proj, out.reshape(*input_shape, -1))  # (B, T, nh*hd) -> (B, T, D)
         return out, weights
 
 
@@ -334,8 +335,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.gate_proj is None:
-            return self.down_proj(self.act_fn(self.up_proj(x)))
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            return linear(self.down_proj, self.act_fn(linear(self.up_proj, x)))
+        return linear(self.down_proj, self.act_fn(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 # ---------------------------------------------------------------------------------------------------------------

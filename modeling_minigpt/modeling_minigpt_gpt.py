@@ -28,6 +28,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_minigpt import MiniGPTConfig
 from .minigpt_layers import MiniPreTrainedModel, TransformerLayer, build_norm, build_positions, check_input_ids
+from .minigpt_linear import linear, plain_linear
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -178,9 +179,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
         on CUDA (torch 2.11) dynamo traced this autograd Function's gradients-in-forward wrongly."""
         if skip_logits is None:
             skip_logits = self.training and labels is not None
-        head = self.lm_head
-        plain_head = (type(head) is nn.Linear and head.bias is None and type(head.weight) is nn.Parameter
-                      and not (head._forward_hooks or head._forward_pre_hooks or "forward" in head.__dict__))
+        plain_head = plain_linear(self.lm_head) and self.lm_head.bias is None
         return (skip_logits and labels is not None and plain_head and logits_to_keep == 0
                 and not torch.compiler.is_compiling())
 
@@ -197,7 +196,7 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
             loss = causal_lm_loss_fused(outputs.last_hidden_state, self.lm_head.weight, labels, **kwargs)
         else:
             hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-            logits = self.lm_head(hidden_states)  # (B, T, V)
+            logits = linear(self.lm_head, hidden_states)  # (B, T, V)
             if labels is not None:
                 loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
