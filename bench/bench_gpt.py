@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from modeling_minigpt import convert_from_hf  # noqa: E402
+from modeling_minigpt.minigpt_linear import linear  # noqa: E402
 from modeling_minigpt.planning import flops_per_token  # noqa: E402
 
 SHAPE = dict(vocab=8192, hidden=384, layers=6, heads=6, llama_intermediate=1024, seq=256, batch=8, threads=2)
@@ -131,18 +132,24 @@ def make_generate(model):
 
 
 def make_weight_floor(model, tokens=16):
-    """One decoding step's GEMVs and nothing else: every weight matrix times one row, ``tokens`` times. At batch 1
-    a step must stream all the weights from memory, so this bounds any implementation's generation speed."""
+    """One decoding step's GEMVs and nothing else: every weight matrix times one row, ``tokens`` times, run as the
+    model runs them (``minigpt_linear.linear``: split over the threads at batch 1). At batch 1 a step must stream
+    all the weights from memory, so this bounds the generation speed of any implementation that uses these GEMVs."""
     # Embeddings are lookups, not GEMVs; a tied one is listed once, as the token embedding, and stands for the head.
     lookups = ("embed_positions",) + (() if model.config.tie_word_embeddings else ("embed_tokens",))
     mats = [p.detach() for name, p in model.named_parameters() if p.dim() == 2 and not any(k in name for k in lookups)]
+    layers = []
+    for m in mats:
+        layer = torch.nn.Linear(m.shape[1], m.shape[0], bias=False)
+        layer.weight = torch.nn.Parameter(m, requires_grad=False)  # shares the model's weight
+        layers.append(layer)
     x = {m.shape[1]: torch.randn(1, m.shape[1]) for m in mats}
 
     def run():
         with torch.inference_mode():
             for _ in range(tokens):
-                for m in mats:
-                    torch.nn.functional.linear(x[m.shape[1]], m)
+                for layer in layers:
+                    linear(layer, x[layer.in_features])
     return run
 
 
