@@ -27,20 +27,19 @@ def plain_linear(module: nn.Module) -> bool:
 def gemv_parts(module: nn.Module, x: torch.Tensor) -> int:
     """Into how many row blocks ``linear`` splits ``module(x)``: the thread count (or its largest divisor of the
     output size) for one fp32 row on a multi-threaded CPU without autograd; 0 means call the module."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() != x.shape[-1] or torch.is_grad_enabled():
+    if x.numel() != x.shape[-1] or torch.get_num_threads() < 2 or torch.is_grad_enabled():
         return 0
-    threads = torch.get_num_threads()
-    if threads < 2 or not plain_linear(module) or torch.compiler.is_compiling():
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not plain_linear(module) or torch.compiler.is_compiling():
         return 0
     weight = module.weight
-    parts = math.gcd(weight.shape[0], threads)
+    parts = math.gcd(weight.shape[0], torch.get_num_threads())
     return parts if parts > 1 and weight.dtype == x.dtype and weight.is_contiguous() else 0
 
 
 def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``. A single row (batch-1 decoding) runs as a GEMV split over the threads (see the module doc)."""
-    parts = gemv_parts(module, x)
-    if not parts:
+    # The cheapest tests first: most calls (training, prefill, one thread) leave here.
+    if x.numel() != x.shape[-1] or torch.get_num_threads() < 2 or not (parts := gemv_parts(module, x)):
         return module(x)
     weight, bias = module.weight, module.bias
     out, width = weight.shape
