@@ -26,27 +26,28 @@ def plain_linear(module: nn.Module) -> bool:
 
 def gemv_parts(module: nn.Module, x: torch.Tensor) -> int:
     """Into how many row blocks ``linear`` splits ``module(x)``: the thread count (or its largest divisor of the
-    output size) for one fp32 row on a multi-threaded CPU without autograd; 0 means call the module."""
-    if x.numel() != x.shape[-1] or torch.get_num_threads() < 2 or torch.is_grad_enabled():
+    output size) for one fp32 row of at most 3 dims on a multi-threaded CPU, without autograd; 0: call the module."""
+    threads = torch.get_num_threads()
+    if threads < 2 or torch.is_grad_enabled() or x.numel() != x.shape[-1] or x.dim() > 3:
         return 0
     if x.device.type != "cpu" or x.dtype != torch.float32 or not plain_linear(module) or torch.compiler.is_compiling():
         return 0
     weight = module.weight
-    parts = math.gcd(weight.shape[0], torch.get_num_threads())
+    parts = math.gcd(weight.shape[0], threads)
     return parts if parts > 1 and weight.dtype == x.dtype and weight.is_contiguous() else 0
 
 
 def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``. A single row (batch-1 decoding) runs as a GEMV split over the threads (see the module doc)."""
-    # The cheapest tests first: most calls (training, prefill, one thread) leave here.
-    if x.numel() != x.shape[-1] or torch.get_num_threads() < 2 or not (parts := gemv_parts(module, x)):
+    if torch.get_num_threads() < 2 or not (parts := gemv_parts(module, x)):  # the cheapest test first
         return module(x)
     weight, bias = module.weight, module.bias
     out, width = weight.shape
-    blocks = weight.view(parts, out // parts, width).transpose(1, 2)  # (parts, in, out/parts)
-    row = x.reshape(1, 1, width).expand(parts, 1, width)  # (parts, 1, in)
-    y = torch.bmm(row, blocks) if bias is None else torch.baddbmm(bias.view(parts, 1, out // parts), row, blocks)
-    return y.view(*x.shape[:-1], out)  # (parts, 1, out/parts) holds the outputs in order
+    rows = out // parts
+    blocks = weight.as_strided((parts, width, rows), (rows * width, 1, width))  # (parts, in, out/parts), transposed
+    row = x.expand(parts, 1, width)  # (parts, 1, in)
+    y = torch.bmm(row, blocks) if bias is None else torch.baddbmm(bias.view(parts, 1, rows), row, blocks)
+    return y.view(x.shape[:-1] + (out,))  # (parts, 1, out/parts) holds the outputs in order
 
 
 __all__ = ["plain_linear", "gemv_parts", "linear"]

@@ -30,6 +30,17 @@ def test_one_row_is_split_and_equals_the_module(threads, bias, n_threads, out, p
         torch.testing.assert_close(linear(lin, x), lin(x))  # the same dot products; at most the rounding differs
 
 
+def test_a_row_keeps_its_shape(threads):
+    threads(2)
+    lin = nn.Linear(48, 96)
+    with torch.no_grad():
+        for shape in [(48,), (1, 48), (1, 1, 48)]:
+            x = torch.randn(shape)
+            assert gemv_parts(lin, x) == 2
+            torch.testing.assert_close(linear(lin, x), lin(x))  # assert_close also compares the shapes
+        assert gemv_parts(lin, torch.randn(1, 1, 1, 48)) == 0  # more dims than the split handles
+
+
 def test_everything_else_calls_the_module(threads):
     threads(2)
     lin, row = nn.Linear(16, 32), torch.randn(1, 16)
