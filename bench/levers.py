@@ -3,7 +3,7 @@
 
     python bench/levers.py fused-loss              # training step, Llama shape
     python bench/levers.py rope --family llama --rounds 10
-    python bench/levers.py decode-overhead --family gpt2
+    python bench/levers.py split-gemv --family gpt2 --threads 2
 
 "off" restores the implementation the lever replaced (kept below as the reference), so each number in
 bench/README.md can be re-measured. Prints tokens/s per round and the median of the per-round on/off ratios.
@@ -25,6 +25,7 @@ from bench_gpt import GEN, SHAPE, build_hf  # noqa: E402
 
 from modeling_minigpt import convert_from_hf  # noqa: E402
 from modeling_minigpt import minigpt_layers as layers  # noqa: E402
+from modeling_minigpt import modeling_minigpt_gpt as gpt  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ the references
@@ -47,6 +48,10 @@ def _apply_rotary_reference(q, k, cos, sin):
 
 def _rmsnorm_reference_forward(self, x):
     return torch.nn.functional.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def _linear_reference(module, x):
+    return module(x)
 
 
 @contextlib.contextmanager
@@ -118,11 +123,14 @@ def generate_arms(model, lever):
         off = lambda: _stack(patched(layers.RotaryEmbedding, forward=_rotary_reference_forward),  # noqa: E731
                              patched(layers, apply_rotary=_apply_rotary_reference))
         return make(off), make()
+    if lever == "split-gemv":  # needs --threads 2 or more: one thread never splits
+        off = lambda: _stack(patched(layers, linear=_linear_reference), patched(gpt, linear=_linear_reference))  # noqa: E731
+        return make(off), make()
     raise ValueError(f"lever={lever!r} is not a generation lever")
 
 
 TRAIN_LEVERS = ("fused-loss", "fused-adamw", "rope", "rmsnorm", "compile")
-GENERATE_LEVERS = ("rope-decode",)
+GENERATE_LEVERS = ("rope-decode", "split-gemv")
 
 
 def main(argv=None):

@@ -2,11 +2,13 @@
 
 Decoding one token at batch 1 turns every projection into a GEMV, and a step streams each weight from memory
 once. MKL gets almost nothing from a second thread on GEMVs of a small model's sizes (measured), so the other
-cores and their share of the memory bandwidth sit idle. ``linear`` splits such a GEMV by output rows into one ``bmm``, which torch spreads
-over its intra-op threads. Each output is still the dot product of one contiguous weight row with the input,
-computed by the same kernel, so the values are those of ``F.linear`` up to rounding (bit for bit at the
-benchmark's shapes). On the 2-core benchmark VM the GEMVs of a 384-wide model ran 1.2-1.7x faster, and batch-1
-``generate()`` about 1.1x (see bench/README.md).
+cores and their share of the memory bandwidth sit idle. ``linear`` splits such a GEMV by output rows into one
+``bmm``, which torch spreads over its intra-op threads. Each output is still the dot product of one contiguous
+weight row with the input, computed by the same kernel, so the values are those of ``F.linear`` up to rounding
+(bit for bit at the benchmark's shapes). On the 2-core benchmark VM the GEMVs of a 384-wide model ran 1.2-1.7x
+faster, and batch-1 ``generate()`` about 1.1x (see bench/README.md). Like every parallel region, the split waits
+for any thread that the OS has descheduled: on a machine that other jobs share, set ``torch.set_num_threads`` to
+the free cores.
 """
 
 import math
