@@ -9,7 +9,9 @@ max_nonfinite_steps, dataloader_num_workers.
 Resume is bit-identical (SIGKILL + relaunch gives the same final loss as one uninterrupted run, dropout on): the
 sampler is accelerate's seedable one, the DataLoader owns its generator, the model, optimizer, scheduler, RNG
 states and step counters go into the checkpoint (safetensors + JSON, see ``checkpoints``), and the data position
-is restored with ``set_epoch`` + ``skip_first_batches``.
+is restored with ``set_epoch`` + ``skip_first_batches``. A streamed train split is split across ranks with
+``split_dataset_by_node`` (each rank reads its own part) and its position is the ``datasets`` state dict of every
+rank, kept in the manifest: a resume continues the stream where it stopped instead of replaying it.
 """
 
 import contextlib
@@ -84,10 +86,13 @@ def build_scheduler(optimizer, args):
                          num_training_steps=args.max_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
 
 
-def build_dataloaders(train_ds, eval_ds, collator, args):
+def build_dataloaders(train_ds, eval_ds, collator, args, accelerator=None):
     from datasets import IterableDataset
 
     streaming = isinstance(train_ds, IterableDataset)
+    if streaming and accelerator is not None and accelerator.num_processes > 1:  # each rank its own part
+        from datasets.distributed import split_dataset_by_node
+        train_ds = split_dataset_by_node(train_ds, accelerator.process_index, accelerator.num_processes)
     train_dl = DataLoader(train_ds, batch_size=args.per_device_train_batch_size, shuffle=not streaming,
                           drop_last=True, collate_fn=collator, num_workers=args.dataloader_num_workers,
                           generator=torch.Generator().manual_seed(args.seed))  # own generator: see module doc
@@ -96,19 +101,57 @@ def build_dataloaders(train_ds, eval_ds, collator, args):
     return train_dl, eval_dl
 
 
-def micro_batches(accelerator, dataloader, start: int):
-    """Micro-batches from ``start`` (batches already taken by this process) on, epoch after epoch."""
+def _stream(dataloader):
+    """The streamed (``datasets.IterableDataset``) train split a plain DataLoader reads, else None."""
+    from datasets import IterableDataset
+
+    dataset = getattr(dataloader, "dataset", None)
+    return dataset if isinstance(dataset, IterableDataset) else None
+
+
+def stream_position(accelerator, dataloader) -> dict:
+    """``{"stream": [datasets state dict of each rank]}`` for a streamed train split, else ``{}``. A collective.
+
+    Exact at a step boundary because the DataLoader reads in this process (no workers, no prefetch); with
+    ``dataloader_num_workers`` > 0 the position lives in the workers, so a resume replays the stream instead.
+    """
+    from accelerate.utils import gather_object
+
+    stream = _stream(dataloader)
+    if stream is None or dataloader.num_workers:
+        return {}
+    return {"stream": gather_object([stream.state_dict()])}
+
+
+def micro_batches(accelerator, dataloader, start: int, positions=None):
+    """Micro-batches from ``start`` (batches already taken by this process) on, epoch after epoch.
+
+    A streamed split restarts from this rank's entry of ``positions`` (``stream_position``); without a usable
+    one (an older checkpoint, another number of processes, DataLoader workers) it skips ``start`` batches.
+    """
+    from accelerate.utils import send_to_device
+
+    stream = _stream(dataloader)
     try:
         per_epoch = len(dataloader)
     except TypeError:  # streaming: no length, so skip from the beginning of the stream
         per_epoch = None
     epoch, skip = divmod(start, per_epoch) if per_epoch else (0, start)
+    if stream is not None and positions:
+        if len(positions) == accelerator.num_processes and not dataloader.num_workers:
+            position = positions[accelerator.process_index]
+            stream.load_state_dict(position)
+            epoch, skip = position["epoch"], 0
+        else:
+            logger.warning("the checkpoint's stream position was saved by %d processes (now %d, %d dataloader "
+                           "workers): replaying the stream to batch %d", len(positions),
+                           accelerator.num_processes, dataloader.num_workers, start)
     while True:
-        dataloader.set_epoch(epoch)
+        (stream or dataloader).set_epoch(epoch)
         yielded = 0
         for batch in accelerator.skip_first_batches(dataloader, skip) if skip else dataloader:
             yielded += 1
-            yield batch
+            yield send_to_device(batch, accelerator.device) if stream is not None else batch
         if not yielded and not skip:
             raise ValueError("the training dataloader yielded no batch: the train split is smaller than one batch")
         epoch, skip = epoch + 1, 0
@@ -156,18 +199,24 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
 
     optimizer = build_optimizer(model, args, accelerator.device)
     scheduler = build_scheduler(optimizer, args)
-    train_dl, eval_dl = build_dataloaders(train_ds, eval_ds, collator, args)
+    train_dl, eval_dl = build_dataloaders(train_ds, eval_ds, collator, args, accelerator)
     _check_enough_data(train_ds, args, accelerator.num_processes)
-    model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    if _stream(train_dl) is None:
+        model, optimizer, train_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, scheduler)
+    else:  # a stream stays a plain DataLoader over this rank's part: its position is the dataset's state
+        _set_deepspeed_batch_size(accelerator, args)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     eval_dl = accelerator.prepare(eval_dl) if eval_dl is not None else None
     state = TrainState()
     resume = [latest_valid_checkpoint(args.output_dir) if accelerator.is_main_process else None]
     resume = broadcast_object_list(resume)[0]
+    saved = {}
     if resume:
-        state.load_state_dict(load_checkpoint(accelerator, resume))
+        saved = load_checkpoint(accelerator, resume)
+        state.load_state_dict(saved)
         logger.info("resumed from %s (step %d, %d tokens)", resume, state.step, state.tokens)
     metrics = MetricsWriter(args.output_dir, accelerator.is_main_process, state.step if resume else None)
-    batches = micro_batches(accelerator, train_dl, state.step * args.gradient_accumulation_steps)
+    batches = micro_batches(accelerator, train_dl, state.step * args.gradient_accumulation_steps, saved.get("stream"))
     tokens_per_step = (args.gradient_accumulation_steps * args.per_device_train_batch_size
                        * objective.tokens_per_sample * accelerator.num_processes)
     meter = _Meter(accelerator, objective)
@@ -191,12 +240,20 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
                 _report(accelerator, args, row, bar)
             scheduled = state.step % args.save_steps == 0 or state.step == args.max_steps
             if halt or scheduled and meter.bad_in_a_row == 0:  # no checkpoint mid-streak: keep the good ones
-                save_checkpoint(accelerator, args.output_dir, state.state_dict(), args.save_total_limit)
+                position = stream_position(accelerator, train_dl)  # {} unless the train split is streamed
+                save_checkpoint(accelerator, args.output_dir, {**state.state_dict(), **position}, args.save_total_limit)
             if halt:
                 result["stopped_by"] = stop.signum or 15
                 logger.warning("stopping on signal %s at step %d; checkpoint saved", result["stopped_by"], state.step)
                 break
     return {"step": state.step, "tokens": state.tokens, **result, "model": model}
+
+
+def _set_deepspeed_batch_size(accelerator, args) -> None:
+    """DeepSpeed reads an "auto" micro-batch size from a prepared DataLoader; a stream's is not prepared."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.per_device_train_batch_size
 
 
 def _check_enough_data(train_ds, args, num_processes: int) -> None:

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -243,3 +244,38 @@ def test_two_process_cpu_ddp(workdir, reference):
         loss_sum, count = per_sample_loss(model(input_ids=ids).logits, ids, causal=True).sum(0).tolist()
     assert count == ids.shape[0] * 31
     assert loss_sum / count == pytest.approx(final_losses(output_dir)[2], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_streamed_run_resumes_from_its_stream_position(workdir, reference):
+    """dataset_streaming under 2-process DDP: each rank reads its part of the stream, the checkpoint keeps both
+    positions, and a relaunch continues from them to the uninterrupted run's exact losses."""
+    text = (workdir / "corpus.txt").read_text()
+    corpus = workdir / "paragraphs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": p}) + "\n" for p in text.split("\n\n") if p.strip()))
+    launcher = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no")
+
+    def launch(output_dir):
+        args = recipe_args(workdir, output_dir, data_files=corpus, dataset_streaming="true",
+                           streaming_validation_documents=10, max_steps=8, save_steps=4, eval_steps=8,
+                           logging_steps=2, save_total_limit=3, tokenizer_name_or_path=reference[0])
+        proc = subprocess.run([*launcher, "recipes/pretrain.py", *args], cwd=REPO, timeout=240, text=True,
+                              env={**env(workdir), "ACCELERATE_USE_CPU": "1"}, capture_output=True, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    whole = workdir / "stream-whole"
+    launch(whole)
+    manifest = json.loads((whole / "checkpoint-4" / "manifest.json").read_text())
+    assert len(manifest["stream"]) == 2  # one position per rank
+    resumed = workdir / "stream-resumed"
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-4", resumed / "checkpoint-4")
+    proc = launch(resumed)
+    assert re.search(r"resumed from \S+checkpoint-4 ", proc.stderr) and "replaying" not in proc.stderr
+
+    def losses(output_dir):
+        return [(r["step"], r.get("loss"), r.get("eval_loss")) for r in rows(output_dir)]
+
+    assert losses(resumed)[-3:] == losses(whole)[-3:]  # steps 6 and 8 and the final eval, exactly

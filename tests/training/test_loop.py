@@ -1,6 +1,9 @@
-"""The loop on its own: a non-finite loss skips the update, too many in a row stop the run; fused AdamW."""
+"""The loop on its own: a non-finite loss skips the update, too many in a row stop the run; fused AdamW; a streamed
+train split resumes from its saved position instead of replaying the stream."""
 
 import copy
+import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -9,7 +12,8 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from modeling_minigpt.training.checkpoints import list_checkpoints
-from modeling_minigpt.training.loop import Objective, TrainingDivergedError, build_optimizer, train
+from modeling_minigpt.training.loop import (Objective, TrainingDivergedError, build_dataloaders, build_optimizer,
+                                            micro_batches, train)
 from modeling_minigpt.training.metrics import read_metrics
 from modeling_minigpt.training.pretrain import causal_collator
 
@@ -108,3 +112,47 @@ def test_adamw_is_fused_where_torch_has_the_kernel_and_steps_like_the_unfused_on
     for a, b, before in zip(fused_model.parameters(), plain_model.parameters(), initial.parameters(), strict=True):
         assert (a - before).abs().mean() > 1e-2  # the steps moved every tensor
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def counted_stream(reads: list, n=64, length=8):
+    """The blocks as a 4-shard ``datasets`` stream; every row it produces appends to ``reads``."""
+    def count(row):
+        reads.append(row["input_ids"][0])
+        return row
+
+    return blocks(n, length).to_iterable_dataset(num_shards=4).map(count)
+
+
+@pytest.mark.parametrize("resume_at", [10, 20])  # 16 batches per epoch: mid-epoch 0, and inside epoch 1
+def test_a_streamed_split_resumes_where_it_stopped_without_replaying(tmp_path, fresh_accelerate, resume_at):
+    from accelerate import Accelerator
+
+    def run(output_dir, reads):
+        torch.manual_seed(0)
+        model = TurnsNaN(good=10**9)
+        train(Accelerator(cpu=True), model, counted_stream(reads), None, causal_collator, Objective("causal", 8),
+              loop_args(output_dir, max_steps=24, save_steps=10))
+        return model.embed.weight.detach()
+
+    reference_reads, resumed_reads = [], []
+    reference = run(tmp_path / "reference", reference_reads)
+    assert len(reference_reads) == 24 * 4
+    checkpoint = tmp_path / "reference" / f"checkpoint-{resume_at}"
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert manifest["stream"][0]["epoch"] == resume_at * 4 // 64  # one position per rank, JSON in the manifest
+    shutil.copytree(checkpoint, tmp_path / "resumed" / checkpoint.name)
+    resumed = run(tmp_path / "resumed", resumed_reads)
+    assert resumed_reads == reference_reads[resume_at * 4:]  # only the rest of the stream is read, in order
+    torch.testing.assert_close(resumed, reference, rtol=0, atol=0)
+
+
+def test_a_stream_position_from_another_world_size_replays_with_a_warning(fresh_accelerate, caplog):
+    from accelerate import Accelerator
+
+    reads = []
+    train_dl, _ = build_dataloaders(counted_stream(reads), None, causal_collator, loop_args("unused"))
+    batches = micro_batches(Accelerator(cpu=True), train_dl, 3, positions=[{"epoch": 0}, {"epoch": 0}])
+    first = next(batches)
+    assert "saved by 2 processes (now 1" in caplog.text
+    assert len(reads) == 4 * 4  # three batches replayed, then the fourth
+    torch.testing.assert_close(first["input_ids"], torch.tensor(blocks()["input_ids"][12:16]))
