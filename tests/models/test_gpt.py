@@ -55,12 +55,38 @@ def test_static_cache_and_compile_match_dynamic():
     kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=None)
     dynamic = model.generate(ids, **kw)
     torch.testing.assert_close(model.generate(ids, cache_implementation="static", **kw), dynamic)
-    compiled = torch.compile(model.forward, dynamic=True)
+    compiled = torch.compile(model.forward, dynamic=True, fullgraph=True)  # fullgraph: no graph break anywhere
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
     cache = StaticCache(config=model.config, max_cache_len=32)
     out = model(ids, past_key_values=cache, use_cache=True)
     torch.testing.assert_close(out.logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_compiled_static_cache_decoding_has_no_graph_break_and_gives_the_eager_tokens(preset):
+    """generate() with a static cache and a compile config compiles the decoding step, on CPU too. At batch 1
+    with 2 threads every projection takes minigpt_linear's split GEMV, which must trace without a graph break."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model = tiny(preset, hidden_size=64, intermediate_size=128)
+    ids = prompt(1)
+    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=None)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True  # transformers compiles generate() on CUDA only unless told
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch._dynamo.reset()
+        counters.clear()
+        eager = model.generate(ids, **kw)
+        compiled = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    assert counters["stats"]["unique_graphs"] >= 1  # the decoding step did compile
+    assert not counters["graph_break"]
+    torch.testing.assert_close(compiled, eager)
 
 
 def test_sampling_modes_are_seeded_and_constrained():
