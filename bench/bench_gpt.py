@@ -17,7 +17,8 @@ Contenders (training: forward + backward + AdamW step on (batch, seq) random tok
                 ``AdamW(fused=True)``
   *-compiled    ``torch.compile(model)`` for both, default optimizer each (only with --compile: about 90 s of
                 compiling per model on 2 cores, and it bought MiniGPT nothing, see bench/README.md)
-Generation: ``generate()`` at batch 1, greedy, KV cache, a 64-token prompt and 128 new tokens (prefill included).
+Generation: ``generate()`` at batch 1, greedy, KV cache, a 64-token prompt and 128 new tokens (prefill included);
+with --compile also compiled decoding (static cache + compile config, about 15 s of compiling per model).
 
 MFU = tokens/s x planning.flops_per_token(config, seq) / the best fp32 matmul rate of the run (2048^3
 ``torch.mm``); "MFU gemm" divides by the best rate on the model's own forward GEMM shapes instead. A short matmul
@@ -117,15 +118,23 @@ def make_train_step(model, optimizer_kwargs, compiled=False):
     return step
 
 
-def make_generate(model):
+def make_generate(model, compiled=False):
+    """Batch-1 greedy ``generate()``; ``compiled``: transformers' compiled decoding (a static cache and a compile
+    config; on CPU generate() compiles only when the config says ``_compile_all_devices``)."""
     model.eval()
     ids = torch.randint(0, SHAPE["vocab"], (1, GEN["prompt"]), generator=torch.Generator().manual_seed(2))
     n = GEN["new_tokens"]
+    kwargs = {}
+    if compiled:
+        from transformers import CompileConfig
+
+        kwargs = {"cache_implementation": "static", "compile_config": CompileConfig(fullgraph=True, dynamic=False)}
+        kwargs["compile_config"]._compile_all_devices = True
 
     def gen():
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                 do_sample=False, pad_token_id=0)
+                                 do_sample=False, pad_token_id=0, **kwargs)
         if out.shape[1] != ids.shape[1] + n:
             raise RuntimeError(f"generate() returned {out.shape[1] - ids.shape[1]} new tokens, expected {n}")
     return gen
@@ -168,8 +177,12 @@ def contenders(args):
         for who, (model, opt_kwargs, compiled) in train.items():
             step = make_train_step(model, opt_kwargs, compiled)
             out[f"train {family} {who}"] = Contender("train", step, tokens, 2 if compiled else 1, flops)
-        for who, model in (("hf", hf), ("ours", ours)):
-            out[f"generate {family} {who}"] = Contender("generate", make_generate(model), GEN["new_tokens"], 1)
+        generate = {"hf": (hf, False), "ours": (ours, False)}
+        if args.compile:
+            generate |= {"hf-compiled": (hf, True), "ours-compiled": (ours, True)}
+        for who, (model, compiled) in generate.items():
+            run = make_generate(model, compiled)
+            out[f"generate {family} {who}"] = Contender("generate", run, GEN["new_tokens"], 1)
         out[f"generate {family} weights-only"] = Contender("generate", make_weight_floor(ours), 16, 1)
     return {name: c for name, c in out.items() if c.kind in args.only}, gemm_config
 
@@ -211,16 +224,18 @@ def summarize(table, rounds, clean_fraction=0.8):
     mfu = {name: rate[name] * c.flops_per_token / 1e9 / best for name, c in table.items() if c.flops_per_token}
     mfu_gemm = {name: rate[name] * c.flops_per_token / 1e9 / best_gemm
                 for name, c in table.items() if c.flops_per_token}
-    pairs = {"ours-default": "hf-default", "ours-eager": "hf-default", "ours-compiled": "hf-compiled", "ours": "hf",
-             "weights-only": "hf"}  # weights-only/hf: the most any batch-1 decoder could gain over HF here
+    pairs = {"ours-default": ["hf-default"], "ours-eager": ["hf-default"], "ours": ["hf"],
+             "ours-compiled": ["hf-compiled", "hf"],  # generate: compiled against compiled, and against HF's default
+             "weights-only": ["hf"]}  # weights-only/hf: the most any batch-1 decoder could gain over HF here
     ratios, used = {}, {}
     for name in table:
         kind, family, who = name.split(" ")
-        other = f"{kind} {family} {pairs.get(who)}"
-        if other in table:  # hf-default is also HF's eager, so ours-eager/hf-default is eager against eager
-            both = [r for r in clean[name] if r in clean[other]] or rounds
-            key = f"{kind} {family} {who}/{pairs[who]}"
-            ratios[key], used[key] = statistics.median(r[name] / r[other] for r in both), len(both)
+        for partner in pairs.get(who, []):
+            other = f"{kind} {family} {partner}"
+            if other in table:  # hf-default is also HF's eager, so ours-eager/hf-default is eager against eager
+                both = [r for r in clean[name] if r in clean[other]] or rounds
+                key = f"{kind} {family} {who}/{partner}"
+                ratios[key], used[key] = statistics.median(r[name] / r[other] for r in both), len(both)
     return {"tokens_per_s": rate, "mfu": mfu, "mfu_gemm_shaped": mfu_gemm, "ratios": ratios, "rounds_used": used,
             "mm2048_gflops_best": best, "gemm_shaped_gflops_best": best_gemm}
 
