@@ -26,6 +26,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_minigpt import MiniT5Config
+from .minigpt_linear import linear
 from .minigpt_layers import (
     Attention,
     MiniPreTrainedModel,
@@ -243,7 +244,7 @@ class MiniT5ForConditionalGeneration(MiniT5PreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         if self.config.tie_word_embeddings:
             hidden_states = hidden_states * self.config.hidden_size**-0.5  # Mesh TF rescale for the tied head
-        logits = self.lm_head(hidden_states)  # (B, T', V)
+        logits = linear(self.lm_head, hidden_states)  # (B, T', V); batch-1 decoding: split GEMV (minigpt_linear)
         loss = None
         if labels is not None:
             loss = fixed_cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.to(logits.device).view(-1),
