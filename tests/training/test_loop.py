@@ -156,3 +156,17 @@ def test_a_stream_position_from_another_world_size_replays_with_a_warning(fresh_
     assert "saved by 2 processes (now 1" in caplog.text
     assert len(reads) == 4 * 4  # three batches replayed, then the fourth
     torch.testing.assert_close(first["input_ids"], torch.tensor(blocks()["input_ids"][12:16]))
+
+
+def test_deepspeed_gets_the_micro_batch_size_a_stream_cannot_give_it():
+    """A streamed split's DataLoader is not prepared, so DeepSpeed's "auto" micro-batch size comes from the args."""
+    from modeling_minigpt.training.loop import _set_deepspeed_batch_size
+
+    def accelerator(config):
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config)))
+
+    auto, fixed = {"train_micro_batch_size_per_gpu": "auto"}, {"train_micro_batch_size_per_gpu": 2}
+    _set_deepspeed_batch_size(accelerator(auto), loop_args("unused", per_device_train_batch_size=6))
+    _set_deepspeed_batch_size(accelerator(fixed), loop_args("unused", per_device_train_batch_size=6))
+    assert auto["train_micro_batch_size_per_gpu"] == 6 and fixed["train_micro_batch_size_per_gpu"] == 2
+    _set_deepspeed_batch_size(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), loop_args("unused"))
