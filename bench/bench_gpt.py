@@ -23,8 +23,9 @@ with --compile also compiled decoding (static cache + compile config, about 15 s
 MFU = tokens/s x planning.flops_per_token(config, seq) / the best fp32 matmul rate of the run (2048^3
 ``torch.mm``); "MFU gemm" divides by the best rate on the model's own forward GEMM shapes instead. A short matmul
 runs between neighbouring contenders, and a contender's round counts only when the rates around it stayed within
-80% of the best (another job on the cores shows up there first). Use --threads 1 on a machine shared with other jobs: two OpenMP threads
-wait on each other whenever one core is taken, which swamps every difference between the contenders.
+80% of the best (another job on the cores shows up there first). Use --threads 1 on a machine shared with other jobs:
+two OpenMP threads wait on each other whenever one core is taken, which swamps every difference between the
+contenders.
 """
 
 import argparse

@@ -135,7 +135,8 @@ def main(argv=None) -> int:
         print(f"error: the recipe exited with {result['returncode']} after {result['wall_s']:.1f} s", file=sys.stderr)
         return 2
     result.update(final_eval(output_dir))
-    result["pass"] = {"bits_per_byte": result["bits_per_byte"] <= TARGET_BPB, "wall_s": result["wall_s"] <= TARGET_WALL_S}
+    result["pass"] = {"bits_per_byte": result["bits_per_byte"] <= TARGET_BPB,
+                      "wall_s": result["wall_s"] <= TARGET_WALL_S}
     result["nanogpt"] = NANOGPT
     report(result)
     if args.json:

@@ -27,7 +27,6 @@ from modeling_minigpt import convert_from_hf  # noqa: E402
 from modeling_minigpt import minigpt_layers as layers  # noqa: E402
 from modeling_minigpt import modeling_minigpt_gpt as gpt  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------------ the references
 
 

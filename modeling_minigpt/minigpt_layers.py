@@ -87,7 +87,8 @@ class LearnedPositionalEmbedding(nn.Embedding):
     """A trained vector per absolute position (GPT-2, BERT)."""
 
     def forward(self, hidden_states, position_ids):
-        if not torch.compiler.is_compiling() and position_ids.numel() and int(position_ids.max()) >= self.num_embeddings:
+        if (not torch.compiler.is_compiling() and position_ids.numel()
+                and int(position_ids.max()) >= self.num_embeddings):
             raise ValueError(
                 f"position {int(position_ids.max())} is beyond max_position_embeddings={self.num_embeddings}: "
                 "shorten the input or train a model with a longer position table"

@@ -114,7 +114,8 @@ class MiniGPTModel(MiniGPTPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_positions = build_positions(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
-        self.layers = nn.ModuleList(TransformerLayer(config, i, is_causal=True) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(TransformerLayer(config, i, is_causal=True)
+                                    for i in range(config.num_hidden_layers))
         self.norm = build_norm(config) if config.norm_position == "pre" else nn.Identity()
         self.gradient_checkpointing = False
         self.post_init()
@@ -206,7 +207,8 @@ class MiniGPTForCausalLM(MiniGPTPreTrainedModel, GenerationMixin):
 
 
 # generate() reads the forward's signature at every step for classes registered with an Auto class, as ours are
-# (transformers' `is_remote_code`), and inspect rebuilds it each time (about 50 us). A precomputed one is returned as is.
+# (transformers' `is_remote_code`), and inspect rebuilds it each time (about 50 us). A precomputed one is returned
+# as is.
 MiniGPTForCausalLM.forward.__signature__ = inspect.signature(MiniGPTForCausalLM.forward)
 
 
@@ -260,4 +262,5 @@ class MiniGPTForSequenceClassification(MiniGPTPreTrainedModel):
                                                 hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
 
-__all__ = ["LinearCrossEntropy", "causal_lm_loss_fused", "MiniGPTPreTrainedModel", "MiniGPTModel", "MiniGPTForCausalLM", "MiniGPTForSequenceClassification"]
+__all__ = ["LinearCrossEntropy", "causal_lm_loss_fused", "MiniGPTPreTrainedModel", "MiniGPTModel", "MiniGPTForCausalLM",
+           "MiniGPTForSequenceClassification"]

@@ -26,7 +26,6 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_minigpt import MiniT5Config
-from .minigpt_linear import linear
 from .minigpt_layers import (
     Attention,
     MiniPreTrainedModel,
@@ -35,6 +34,7 @@ from .minigpt_layers import (
     build_norm,
     check_input_ids,
 )
+from .minigpt_linear import linear
 
 
 class MiniT5PreTrainedModel(MiniPreTrainedModel):

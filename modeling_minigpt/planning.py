@@ -299,6 +299,7 @@ def run(args) -> int:
     print(f"suggested config: num_hidden_layers={c['num_hidden_layers']} hidden_size={c['hidden_size']} "
           f"num_attention_heads={c['num_attention_heads']} intermediate_size={c['intermediate_size']} "
           f"vocab_size={c['vocab_size']} -> {_si(c['params'])} params, {c['flops_per_token']:.3g} FLOPs/token "
-          f"at seq_len {args.seq_len} (head_dim {c['hidden_size'] // c['num_attention_heads']}, hidden/layers ~{c['hidden_size'] / c['num_hidden_layers']:.0f})")
+          f"at seq_len {args.seq_len} (head_dim {c['hidden_size'] // c['num_attention_heads']}, "
+          f"hidden/layers ~{c['hidden_size'] / c['num_hidden_layers']:.0f})")
     return 0
 

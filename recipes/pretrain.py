@@ -15,8 +15,10 @@ ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machi
 
 # Tiny BERT / T5
 ```bash
-accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/pretrain.py --config recipes/configs/bert/tiny_pretrain.yaml
-accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/pretrain.py --config recipes/configs/t5/tiny_pretrain.yaml
+accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/pretrain.py \
+    --config recipes/configs/bert/tiny_pretrain.yaml
+accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/pretrain.py \
+    --config recipes/configs/t5/tiny_pretrain.yaml
 ```
 
 # GPT-2 124M on FineWeb-Edu (streaming), 8 GPUs
@@ -109,7 +111,8 @@ class PretrainingArguments:
     seed: int = 42
     bf16: bool | None = field(default=None, metadata={"help": "default: the launch profile's mixed_precision"})
     torch_compile: bool = False
-    tf32: bool = field(default=True, metadata={"help": "CUDA: TF32 tensor cores for fp32 matmuls (torch's default: off)"})
+    tf32: bool = field(default=True,
+                       metadata={"help": "CUDA: TF32 tensor cores for fp32 matmuls (torch's default: off)"})
     gradient_checkpointing: bool = False
     report_to: str = field(default="none", metadata={"help": "none | all | tensorboard | trackio | wandb"})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "stop after this many non-finite losses in a row"})

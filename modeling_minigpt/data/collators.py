@@ -16,8 +16,9 @@ class DataCollatorForWholeWordMask(DataCollatorForLanguageModeling):
     token's offsets include its leading space), needs ``offset_mapping`` columns that packing drops, and turns
     off the 10% random replacement; this class reads word starts from the vocabulary instead, so it also works
     on packed blocks. A token starts a word when it follows a special token or a token ending in a line break or
-    tab (a single space joins the next word in byte-level BPE), when its text starts with whitespace (byte-level BPE's ``Ġ``, SentencePiece's ``▁``), or, for WordPiece,
-    when it does not start with the continuation prefix (``##``). Special tokens are never masked.
+    tab (a single space joins the next word in byte-level BPE), when its text starts with whitespace (byte-level
+    BPE's ``Ġ``, SentencePiece's ``▁``), or, for WordPiece, when it does not start with the continuation prefix
+    (``##``). Special tokens are never masked.
     """
 
     def __post_init__(self):

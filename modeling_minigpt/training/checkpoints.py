@@ -82,7 +82,7 @@ def verify_checkpoint(folder: str) -> str | None:
 
 def latest_valid_checkpoint(output_dir: str) -> str | None:
     """The newest checkpoint that passes ``verify_checkpoint``; warns about each newer one that fails."""
-    for step, path in reversed(list_checkpoints(output_dir)):
+    for _, path in reversed(list_checkpoints(output_dir)):
         reason = verify_checkpoint(path)
         if reason is None:
             return path

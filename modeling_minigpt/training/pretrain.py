@@ -177,7 +177,8 @@ def build_config(model_args, tokenizer):
 
     config_cls = getattr(modeling_minigpt, FAMILIES[model_args.family][0])
     if model_args.model_name_or_path:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path,
+                                            trust_remote_code=model_args.trust_remote_code)
     else:
         fields = {**_special_ids(tokenizer, model_args.family), "vocab_size": len(tokenizer),
                   "max_position_embeddings": model_args.block_size, **(model_args.model_config or {})}

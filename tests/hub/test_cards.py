@@ -6,8 +6,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from minigpt_cli import main
-from modeling_minigpt import MiniGPTConfig, MiniGPTForCausalLM
-from modeling_minigpt import hub
+from modeling_minigpt import MiniGPTConfig, MiniGPTForCausalLM, hub
 
 
 @pytest.fixture

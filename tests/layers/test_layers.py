@@ -6,8 +6,15 @@ from torch import nn
 
 from modeling_minigpt import MiniGPTConfig
 from modeling_minigpt.minigpt_layers import (
-    MLP, Attention, RMSNorm, RotaryEmbedding, SinusoidalPositionalEmbedding, TransformerLayer, apply_rotary,
-    build_positions, repeat_kv,
+    MLP,
+    Attention,
+    RMSNorm,
+    RotaryEmbedding,
+    SinusoidalPositionalEmbedding,
+    TransformerLayer,
+    apply_rotary,
+    build_positions,
+    repeat_kv,
 )
 
 
@@ -128,7 +135,7 @@ def test_pre_and_post_norm_residuals():
     for position in ("pre", "post"):
         layer = TransformerLayer(cfg(norm_position=position), 0, is_causal=True).eval()
         layer.self_attn.config._attn_implementation = "sdpa"
-        attn = lambda h: layer.self_attn(h)[0]  # noqa: E731
+        attn = lambda h: layer.self_attn(h)[0]  # noqa: E731, B023 (used within this iteration)
         if position == "pre":
             h = x + attn(layer.attn_norm(x))
             ref = h + layer.mlp(layer.mlp_norm(h))

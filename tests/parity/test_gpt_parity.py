@@ -3,7 +3,11 @@
 import pytest
 import torch
 from transformers import (
-    GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     LlamaForSequenceClassification,
 )
 

@@ -167,7 +167,8 @@ def test_sigterm_saves_and_exits_then_a_corrupt_newest_checkpoint_falls_back(wor
         wait_for_step(proc, output_dir, 15)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 143
-    match = re.search(r"stopping on signal 15 at step (\d+); checkpoint saved", (workdir / "terminated.log").read_text())
+    log = (workdir / "terminated.log").read_text()
+    match = re.search(r"stopping on signal 15 at step (\d+); checkpoint saved", log)
     stopped_at = int(match.group(1))
     assert 15 <= stopped_at < MAX_STEPS
     assert (output_dir / f"checkpoint-{stopped_at}" / "manifest.json").is_file()  # saved at the step boundary
@@ -204,7 +205,8 @@ def test_cpu_profile_forms_a_two_process_group(workdir, reference):
                        tokenizer_name_or_path=reference[0])
     clean_env = {k: v for k, v in env(workdir).items() if k != "ACCELERATE_USE_CPU"}
     proc = subprocess.run(["accelerate", "launch", "--config_file", "recipes/accelerate/cpu.yaml",
-                           "recipes/pretrain.py", *args], cwd=REPO, env=clean_env, capture_output=True, text=True, check=False,
+                           "recipes/pretrain.py", *args], cwd=REPO, env=clean_env, capture_output=True, text=True,
+                          check=False,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size=2 distributed_type=MULTI_CPU" in proc.stderr

@@ -44,7 +44,8 @@ def test_config_parses_with_its_script(config):
     parsed = script.make_parser().parse_args_and_config(["--config", str(config)])
     by_name = {type(obj).__name__: obj for obj in parsed}
     if script_of(config) == "pretrain":
-        model_args, data_args, args = by_name["ModelArguments"], by_name["DataArguments"], by_name["PretrainingArguments"]
+        model_args, data_args = by_name["ModelArguments"], by_name["DataArguments"]
+        args = by_name["PretrainingArguments"]
         assert model_args.family == config.parent.name  # configs/<family>/...
         assert args.output_dir.startswith("runs/")
         for files in data_args.data_files or []:

@@ -12,8 +12,14 @@ import torch.nn.functional as F
 from datasets import Dataset
 
 from modeling_minigpt.training.checkpoints import list_checkpoints
-from modeling_minigpt.training.loop import (Objective, TrainingDivergedError, build_dataloaders, build_optimizer,
-                                            micro_batches, train)
+from modeling_minigpt.training.loop import (
+    Objective,
+    TrainingDivergedError,
+    build_dataloaders,
+    build_optimizer,
+    micro_batches,
+    train,
+)
 from modeling_minigpt.training.metrics import read_metrics
 from modeling_minigpt.training.pretrain import causal_collator
 
