@@ -15,7 +15,7 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "[bootstrap] installing torch==2.13.0 (the CPU build; install a CUDA build yourself on GPU machines)"
   pip install -q torch==2.13.0
 fi
-if ! python -c "import modeling_minigpt, trl, pytest, hypothesis" 2>/dev/null; then
+if ! python -c "import modeling_minigpt, trl, pytest, hypothesis, ruff" 2>/dev/null; then
   echo "[bootstrap] installing minigpt[train,dev]"
   pip install -q -e "$ROOT[train,dev]"
 fi
