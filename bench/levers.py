@@ -4,6 +4,7 @@
     python bench/levers.py fused-loss              # training step, Llama shape
     python bench/levers.py rope --family llama --rounds 10
     python bench/levers.py split-gemv --family gpt2 --threads 2
+    python bench/levers.py split-floor --preset tiny --threads 2   # a preset's own shape instead of the bench's
 
 "off" restores the implementation the lever replaced (kept below as the reference), so each number in
 bench/README.md can be re-measured. Prints tokens/s per round and the median of the per-round on/off ratios.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_gpt import GEN, SHAPE, build_hf  # noqa: E402
 
-from modeling_minigpt import convert_from_hf  # noqa: E402
+from modeling_minigpt import MiniGPTConfig, MiniGPTForCausalLM, convert_from_hf, minigpt_linear  # noqa: E402
 from modeling_minigpt import minigpt_layers as layers  # noqa: E402
 from modeling_minigpt import modeling_minigpt_gpt as gpt  # noqa: E402
 
@@ -108,7 +109,7 @@ def _stack(*contexts):
 
 def generate_arms(model, lever):
     model.eval()
-    ids = torch.randint(0, SHAPE["vocab"], (1, GEN["prompt"]), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(0, model.config.vocab_size, (1, GEN["prompt"]), generator=torch.Generator().manual_seed(2))
     n = GEN["new_tokens"]
 
     def make(context=contextlib.nullcontext):
@@ -125,23 +126,31 @@ def generate_arms(model, lever):
     if lever == "split-gemv":  # needs --threads 2 or more: one thread never splits
         off = lambda: _stack(patched(layers, linear=_linear_reference), patched(gpt, linear=_linear_reference))  # noqa: E731
         return make(off), make()
+    if lever == "split-floor":  # off: split every weight, however small
+        return make(lambda: patched(minigpt_linear, MIN_SPLIT_WEIGHT=0)), make()
     raise ValueError(f"lever={lever!r} is not a generation lever")
 
 
 TRAIN_LEVERS = ("fused-loss", "fused-adamw", "rope", "rmsnorm", "compile")
-GENERATE_LEVERS = ("rope-decode", "split-gemv")
+GENERATE_LEVERS = ("rope-decode", "split-gemv", "split-floor")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("lever", choices=TRAIN_LEVERS + GENERATE_LEVERS)
     parser.add_argument("--family", default="llama", choices=["llama", "gpt2"])
+    parser.add_argument("--preset", help="generation levers: a MiniGPT preset with random weights "
+                        "instead of the bench shape")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=SHAPE["threads"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = convert_from_hf(build_hf(args.family))
     train = args.lever in TRAIN_LEVERS
+    if args.preset and not train:
+        torch.manual_seed(0)
+        model = MiniGPTForCausalLM(MiniGPTConfig.from_preset(args.preset))
+    else:
+        model = convert_from_hf(build_hf(args.family))
     off, on = train_arms(model, args.lever) if train else generate_arms(model, args.lever)
     tokens = SHAPE["batch"] * SHAPE["seq"] if train else GEN["new_tokens"]
     for arm in (off, on):
@@ -155,7 +164,7 @@ def main(argv=None):
             rates[name].append(tokens / (time.perf_counter() - start))
         print(f"round {r + 1}: off {rates['off'][-1]:8.1f}  on {rates['on'][-1]:8.1f} tokens/s", flush=True)
     ratio = statistics.median(b / a for a, b in zip(rates["off"], rates["on"]))
-    print(f"{args.lever} ({args.family}): off {statistics.median(rates['off']):.1f}, on "
+    print(f"{args.lever} ({args.preset or args.family}): off {statistics.median(rates['off']):.1f}, on "
           f"{statistics.median(rates['on']):.1f} tokens/s; on/off {ratio:.3f} (median of {args.rounds} rounds)")
 
 

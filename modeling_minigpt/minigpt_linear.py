@@ -34,15 +34,24 @@ def plain_linear(module: nn.Module) -> bool:
                      or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks))
 
 
+# The smallest weight (elements; 512 KB in fp32) worth a parallel region. Waking a second thread costs tens of µs,
+# more than a small GEMV: with every weight split, a 4 x 128 model generated 15% slower at 2 threads. Measured in
+# bench/README.md ("Batch-1 generate"): this size keeps the split's whole gain at the benchmark shape.
+MIN_SPLIT_WEIGHT = 1 << 17
+
+
 def gemv_parts(module: nn.Module, x: torch.Tensor) -> int:
     """Into how many row blocks ``linear`` splits ``module(x)``: the thread count (or its largest divisor of the
-    output size) for one fp32 row of at most 3 dims on a multi-threaded CPU, without autograd; 0: call the module."""
+    output size) for one fp32 row of at most 3 dims on a multi-threaded CPU, without autograd, when the weight has
+    at least ``MIN_SPLIT_WEIGHT`` elements; 0: call the module."""
     threads = _threads()
     if threads < 2 or torch.is_grad_enabled() or x.numel() != x.shape[-1] or x.dim() > 3:
         return 0
     if x.device.type != "cpu" or x.dtype != torch.float32 or not plain_linear(module):
         return 0
     weight = module.weight
+    if weight.numel() < MIN_SPLIT_WEIGHT:
+        return 0
     parts = math.gcd(weight.shape[0], threads)
     return parts if parts > 1 and weight.dtype == x.dtype and weight.is_contiguous() else 0
 

@@ -9,8 +9,10 @@ from modeling_minigpt.minigpt_linear import gemv_parts, linear
 
 
 @pytest.fixture
-def threads():
-    """Run the test with several intra-op threads (conftest pins 1), then put the count back."""
+def threads(monkeypatch):
+    """Run the test with several intra-op threads (conftest pins 1), then put the count back. The tests' small
+    weights are split too (the size floor has its own test)."""
+    monkeypatch.setattr(minigpt_linear, "MIN_SPLIT_WEIGHT", 0)
     before = torch.get_num_threads()
 
     def use(n):
@@ -39,6 +41,20 @@ def test_a_row_keeps_its_shape(threads):
             assert gemv_parts(lin, x) == 2
             torch.testing.assert_close(linear(lin, x), lin(x))  # assert_close also compares the shapes
         assert gemv_parts(lin, torch.randn(1, 1, 1, 48)) == 0  # more dims than the split handles
+
+
+def test_only_weights_from_the_size_floor_up_are_split(threads, monkeypatch):
+    """A parallel region costs more than a small GEMV: below MIN_SPLIT_WEIGHT elements the module runs as is."""
+    monkeypatch.undo()  # the default floor
+    threads(2)
+    floor = minigpt_linear.MIN_SPLIT_WEIGHT
+    assert floor == 1 << 17
+    row = torch.randn(1, 1, 256)
+    small, large = nn.Linear(256, floor // 256 - 2), nn.Linear(256, floor // 256)
+    with torch.no_grad():
+        assert gemv_parts(small, row) == 0
+        assert gemv_parts(large, row) == 2
+        torch.testing.assert_close(linear(large, row), large(row))
 
 
 def test_everything_else_calls_the_module(threads):

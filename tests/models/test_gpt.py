@@ -68,11 +68,15 @@ def test_static_cache_and_compile_match_dynamic():
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_compiled_static_cache_decoding_has_no_graph_break_and_gives_the_eager_tokens(preset):
+def test_compiled_static_cache_decoding_has_no_graph_break_and_gives_the_eager_tokens(preset, monkeypatch):
     """generate() with a static cache and a compile config compiles the decoding step, on CPU too. At batch 1
     with 2 threads every projection takes minigpt_linear's split GEMV, which must trace without a graph break."""
     from torch._dynamo.utils import counters
     from transformers import CompileConfig
+
+    from modeling_minigpt import minigpt_linear
+
+    monkeypatch.setattr(minigpt_linear, "MIN_SPLIT_WEIGHT", 0)  # split this small model's weights too
 
     model = tiny(preset, hidden_size=64, intermediate_size=128)
     ids = prompt(1)
