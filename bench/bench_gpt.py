@@ -17,6 +17,8 @@ Contenders (training: forward + backward + AdamW step on (batch, seq) random tok
                 ``AdamW(fused=True)``
   *-compiled    ``torch.compile(model)`` for both, default optimizer each (only with --compile: about 90 s of
                 compiling per model on 2 cores, and it bought MiniGPT nothing, see bench/README.md)
+  gemm-floor    the step's GEMMs (forward and both backward ones per weight) and attention kernels alone, at the
+                same shapes: no other op, no framework. It bounds what any implementation on these kernels reaches
 Generation: ``generate()`` at batch 1, greedy, KV cache, a 64-token prompt and 128 new tokens (prefill included);
 with --compile also compiled decoding (static cache + compile config, about 15 s of compiling per model).
 
@@ -145,9 +147,7 @@ def make_weight_floor(model, tokens=16):
     """One decoding step's GEMVs and nothing else: every weight matrix times one row, ``tokens`` times, run as the
     model runs them (``minigpt_linear.linear``: split over the threads at batch 1). At batch 1 a step must stream
     all the weights from memory, so this bounds the generation speed of any implementation that uses these GEMVs."""
-    # Embeddings are lookups, not GEMVs; a tied one is listed once, as the token embedding, and stands for the head.
-    lookups = ("embed_positions",) + (() if model.config.tie_word_embeddings else ("embed_tokens",))
-    mats = [p.detach() for name, p in model.named_parameters() if p.dim() == 2 and not any(k in name for k in lookups)]
+    mats = _weight_matrices(model)
     layers = []
     for m in mats:
         layer = torch.nn.Linear(m.shape[1], m.shape[0], bias=False)
@@ -160,6 +160,37 @@ def make_weight_floor(model, tokens=16):
             for _ in range(tokens):
                 for layer in layers:
                     linear(layer, x[layer.in_features])
+    return run
+
+
+def _weight_matrices(model):
+    """The model's weight matrices as (out, in) tensors. Embeddings are lookups, not GEMMs: a tied one is listed
+    once, as the token embedding, and stands for the head."""
+    lookups = ("embed_positions",) + (() if model.config.tie_word_embeddings else ("embed_tokens",))
+    return [p.detach() for name, p in model.named_parameters() if p.dim() == 2 and not any(k in name for k in lookups)]
+
+
+def make_train_floor(model):
+    """One training step's GEMMs and attention kernels and nothing else: for every weight, the forward GEMM and
+    the two backward ones (input and weight gradients) at the step's shape, and per layer the causal
+    ``scaled_dot_product_attention`` forward and backward. No norm, activation, loss, optimizer or framework
+    overhead, so this bounds the training speed of any implementation built on these kernels: a ratio to HF above
+    this floor's cannot be reached on this machine."""
+    config, (b, t) = model.config, (SHAPE["batch"], SHAPE["seq"])
+    mats = _weight_matrices(model)
+    xs = {m.shape[1]: torch.randn(b * t, m.shape[1]) for m in mats}  # layer inputs
+    gs = {m.shape[0]: torch.randn(b * t, m.shape[0]) for m in mats}  # output gradients
+    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    q, k, v = (torch.randn(b, heads, t, head_dim, requires_grad=True) for _ in range(3))
+    grad = torch.randn(b, heads, t, head_dim)
+
+    def run():
+        for w in mats:
+            x, g = xs[w.shape[1]], gs[w.shape[0]]
+            x @ w.t(), g @ w, g.t() @ x
+        for _ in range(config.num_hidden_layers):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            torch.autograd.grad(out, (q, k, v), grad)
     return run
 
 
@@ -178,6 +209,7 @@ def contenders(args):
         for who, (model, opt_kwargs, compiled) in train.items():
             step = make_train_step(model, opt_kwargs, compiled)
             out[f"train {family} {who}"] = Contender("train", step, tokens, 2 if compiled else 1, flops)
+        out[f"train {family} gemm-floor"] = Contender("train", make_train_floor(ours), tokens, 1, flops)
         generate = {"hf": (hf, False), "ours": (ours, False)}
         if args.compile:
             generate |= {"hf-compiled": (hf, True), "ours-compiled": (ours, True)}
@@ -227,7 +259,8 @@ def summarize(table, rounds, clean_fraction=0.8):
                 for name, c in table.items() if c.flops_per_token}
     pairs = {"ours-default": ["hf-default"], "ours-eager": ["hf-default"], "ours": ["hf"],
              "ours-compiled": ["hf-compiled", "hf"],  # generate: compiled against compiled, and against HF's default
-             "weights-only": ["hf"]}  # weights-only/hf: the most any batch-1 decoder could gain over HF here
+             "weights-only": ["hf"],  # weights-only/hf: the most any batch-1 decoder could gain over HF here
+             "gemm-floor": ["hf-default"]}  # the same for training: GEMMs and attention kernels alone
     ratios, used = {}, {}
     for name in table:
         kind, family, who = name.split(" ")
@@ -255,6 +288,11 @@ def report(summary, args):
     for name, value in summary["ratios"].items():
         target = TARGETS.get(name)
         mark = "" if target is None else f"  >= {target}: {'met' if value >= target else 'NOT met'}"
+        kind_family = " ".join(name.split(" ")[:2])  # the floor of this row's kind: no implementation gets past it
+        floor = summary["ratios"].get(kind_family + (" weights-only/hf" if name.startswith("generate")
+                                                     else " gemm-floor/hf-default"))
+        if target is not None and floor is not None:
+            mark += f" (the kernels alone reach {floor:.2f})"
         print(f"{name:42} {value:6.2f} {summary['rounds_used'][name]:6d}{mark}")
     mfu = summary["mfu"].get("train llama ours-default")
     if mfu is not None:
