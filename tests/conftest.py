@@ -17,6 +17,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def flex_calls(monkeypatch) -> list:
+    """Counts the calls of transformers' registered flex_attention function: proof that a model ran through it."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    calls, flex = [], ALL_ATTENTION_FUNCTIONS["flex_attention"]
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "flex_attention", lambda *a, **k: calls.append(1) or flex(*a, **k))
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

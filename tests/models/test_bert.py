@@ -99,6 +99,21 @@ def test_eager_equals_sdpa_with_padding(variant):
     assert len(b.attentions) == 2 and torch.all(b.attentions[0][2, :, :, 3:] == 0)  # padded keys get no weight
 
 
+def test_flex_attention_equals_sdpa_with_padding(flex_calls):
+    """Bidirectional attention through the registry's flex_attention backend (inference: torch's CPU flex has no
+    backward): padded keys stay invisible, and the real tokens get sdpa's logits."""
+    torch.manual_seed(1)
+    model = MiniBertForMaskedLM(config("modern")).eval()  # RoPE, RMSNorm, gated MLP
+    x, mask = ids(3, 12), torch.ones(3, 12, dtype=torch.long)
+    mask[1, 7:], mask[2, 3:] = 0, 0
+    with torch.no_grad():
+        sdpa = model(x, attention_mask=mask).logits
+        model.set_attn_implementation("flex_attention")
+        flex = model(x, attention_mask=mask).logits
+    assert len(flex_calls) == model.config.num_hidden_layers
+    torch.testing.assert_close(flex[mask.bool()], sdpa[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
 def test_prenorm_variant_has_final_norm_and_learns():
     model = MiniBertForMaskedLM(config("modern"))
     assert isinstance(model.model.layers[0].attn_norm, torch.nn.Identity)  # input already normed by embed_norm

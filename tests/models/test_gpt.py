@@ -97,6 +97,25 @@ def test_compiled_static_cache_decoding_has_no_graph_break_and_gives_the_eager_t
     torch.testing.assert_close(compiled, eager)
 
 
+def test_flex_attention_gives_the_sdpa_logits_and_tokens(flex_calls):
+    """The registry's flex_attention backend (compiled by transformers; on CPU inference only, as torch's CPU flex
+    has no backward): a left-padded batch gives sdpa's logits, and generate() sdpa's tokens. (Decoding a padded
+    batch with flex on CPU fails in inductor's C++ compile with torch 2.13, for HF's Llama as for us.)"""
+    model = tiny("tiny-llama")  # RoPE, GQA
+    ids = prompt(2, 9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    kw = dict(max_new_tokens=5, do_sample=False, eos_token_id=None)
+    with torch.no_grad():
+        sdpa, sdpa_tokens = model(ids, attention_mask=mask).logits, model.generate(ids[:1], **kw)
+        model.set_attn_implementation("flex_attention")
+        flex, flex_tokens = model(ids, attention_mask=mask).logits, model.generate(ids[:1], **kw)
+    assert len(flex_calls) >= 5 * model.config.num_hidden_layers  # the forward and every generate() step
+    real = mask.bool()
+    torch.testing.assert_close(flex[real], sdpa[real], atol=1e-5, rtol=1e-5)
+    assert torch.equal(flex_tokens, sdpa_tokens)
+
+
 def test_sampling_modes_are_seeded_and_constrained():
     model = tiny()
     ids = prompt(1)
