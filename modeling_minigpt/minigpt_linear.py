@@ -35,7 +35,7 @@ def plain_linear(module: nn.Module) -> bool:
 
 
 # The smallest weight (elements; 512 KB in fp32) worth a parallel region. Waking a second thread costs tens of µs,
-# more than a small GEMV: with every weight split, a 4 x 128 model generated 15% slower at 2 threads. Measured in
+# more than a small GEMV: with every weight split, the 4 x 128 presets generated 5-10% slower at 2 threads. Measured in
 # bench/README.md ("Batch-1 generate"): this size keeps the split's whole gain at the benchmark shape.
 MIN_SPLIT_WEIGHT = 1 << 17
 
