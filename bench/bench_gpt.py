@@ -143,6 +143,13 @@ def make_generate(model, compiled=False):
     return gen
 
 
+def _weight_matrices(model):
+    """The model's weight matrices as (out, in) tensors. Embeddings are lookups, not GEMMs: a tied one is listed
+    once, as the token embedding, and stands for the head."""
+    lookups = ("embed_positions",) + (() if model.config.tie_word_embeddings else ("embed_tokens",))
+    return [p.detach() for name, p in model.named_parameters() if p.dim() == 2 and not any(k in name for k in lookups)]
+
+
 def make_weight_floor(model, tokens=16):
     """One decoding step's GEMVs and nothing else: every weight matrix times one row, ``tokens`` times, run as the
     model runs them (``minigpt_linear.linear``: split over the threads at batch 1). At batch 1 a step must stream
@@ -163,13 +170,6 @@ def make_weight_floor(model, tokens=16):
     return run
 
 
-def _weight_matrices(model):
-    """The model's weight matrices as (out, in) tensors. Embeddings are lookups, not GEMMs: a tied one is listed
-    once, as the token embedding, and stands for the head."""
-    lookups = ("embed_positions",) + (() if model.config.tie_word_embeddings else ("embed_tokens",))
-    return [p.detach() for name, p in model.named_parameters() if p.dim() == 2 and not any(k in name for k in lookups)]
-
-
 def make_train_floor(model):
     """One training step's GEMMs and attention kernels and nothing else: for every weight, the forward GEMM and
     the two backward ones (input and weight gradients) at the step's shape, and per layer the causal
@@ -180,7 +180,7 @@ def make_train_floor(model):
     mats = _weight_matrices(model)
     xs = {m.shape[1]: torch.randn(b * t, m.shape[1]) for m in mats}  # layer inputs
     gs = {m.shape[0]: torch.randn(b * t, m.shape[0]) for m in mats}  # output gradients
-    heads, head_dim = config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    heads, head_dim = config.num_attention_heads, config.head_dim
     q, k, v = (torch.randn(b, heads, t, head_dim, requires_grad=True) for _ in range(3))
     grad = torch.randn(b, heads, t, head_dim)
 
