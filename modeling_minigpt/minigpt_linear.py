@@ -29,7 +29,7 @@ def _threads() -> int:
 def plain_linear(module: nn.Module) -> bool:
     """An ``nn.Linear`` whose call runs ``F.linear`` and nothing else: not a PEFT or quantized subclass, no
     DTensor or quantized weight, no hook, no patched forward. Only such a module may be computed from its weight."""
-    return (type(module) is nn.Linear and type(module.weight) is nn.Parameter
+    return (type(module) is nn.Linear and type(module._parameters["weight"]) is nn.Parameter
             and not (module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__
                      or nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks))
 
@@ -50,7 +50,7 @@ def gemv_parts(module: nn.Module, x: torch.Tensor) -> int:
         return 0
     if not x.is_cpu or x.dtype != torch.float32 or not plain_linear(module):
         return 0
-    weight = module.weight
+    weight = module._parameters["weight"]  # the dict, not nn.Module.__getattr__: a Python call per lookup
     if weight.dtype != torch.float32 or weight.numel() < MIN_SPLIT_WEIGHT or not weight.is_contiguous():
         return 0
     parts = math.gcd(weight.shape[0], threads)
@@ -62,7 +62,7 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     parts = gemv_parts(module, x)
     if not parts:
         return module(x)
-    weight, bias = module.weight, module.bias
+    weight, bias = module._parameters["weight"], module._parameters["bias"]
     out, width = weight.shape
     rows = out // parts
     blocks = weight.as_strided((parts, width, rows), (rows * width, 1, width))  # (parts, in, out/parts), transposed
