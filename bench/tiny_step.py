@@ -12,6 +12,7 @@ ranks runs). Pin it to a core to compare the two vCPUs:
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,7 +24,6 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from pathlib import Path
     from types import SimpleNamespace
 
     import yaml

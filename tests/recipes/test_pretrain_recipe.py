@@ -206,8 +206,7 @@ def test_cpu_profile_forms_a_two_process_group(workdir, reference):
     clean_env = {k: v for k, v in env(workdir).items() if k != "ACCELERATE_USE_CPU"}
     proc = subprocess.run(["accelerate", "launch", "--config_file", "recipes/accelerate/cpu.yaml",
                            "recipes/pretrain.py", *args], cwd=REPO, env=clean_env, capture_output=True, text=True,
-                          check=False,
-                          timeout=240)
+                          check=False, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size=2 distributed_type=MULTI_CPU" in proc.stderr
     assert [r["tokens"] for r in rows(output_dir) if "loss" in r] == [8 * 32 * 2, 2 * 8 * 32 * 2]
