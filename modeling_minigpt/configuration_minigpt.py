@@ -25,9 +25,10 @@ def _check_not_relative(value, family):
                          "rope or none")
 
 
-def _check_positive(field, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{field}={value!r} must be a positive integer")
+def _check_int(field, value, minimum=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{field}={value!r} must be {wanted}")
 
 
 class MiniConfigBase(PreTrainedConfig):
@@ -67,7 +68,7 @@ class MiniConfigBase(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "max_position_embeddings"):
-            _check_positive(field, getattr(self, field))
+            _check_int(field, getattr(self, field))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -79,9 +80,9 @@ class MiniConfigBase(PreTrainedConfig):
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
-        _check_positive("num_key_value_heads", self.num_key_value_heads)
-        _check_positive("head_dim", self.head_dim)
-        _check_positive("intermediate_size", self.intermediate_size)
+        _check_int("num_key_value_heads", self.num_key_value_heads)
+        _check_int("head_dim", self.head_dim)
+        _check_int("intermediate_size", self.intermediate_size)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_key_value_heads={self.num_key_value_heads} must divide num_attention_heads="
@@ -93,6 +94,8 @@ class MiniConfigBase(PreTrainedConfig):
         _check_choice("norm_type", self.norm_type, NORMS)
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITIONS)
+        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) or not self.norm_eps > 0:
+            raise ValueError(f"norm_eps={self.norm_eps!r} must be > 0")
         for field in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, field)
             if not 0.0 <= value < 1.0:
@@ -174,8 +177,7 @@ class MiniBertConfig(MiniConfigBase):
     pad_token_id: int | None = 0
 
     def __post_init__(self, **kwargs):
-        if self.type_vocab_size < 0:
-            raise ValueError(f"type_vocab_size={self.type_vocab_size!r} must be >= 0")
+        _check_int("type_vocab_size", self.type_vocab_size, minimum=0)
         _check_not_relative(self.position_embedding_type, "MiniBert")
         if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout={self.classifier_dropout!r} must be in [0, 1)")
@@ -184,8 +186,10 @@ class MiniBertConfig(MiniConfigBase):
 
 class MiniT5Config(MiniConfigBase):
     """Encoder-decoder text-to-text model. The defaults are T5-small v1.0: relative position bias shared across
-    layers, RMSNorm, pre-norm, ReLU, no biases, tied head with output scaling. Set ``hidden_act="gelu_tanh"``,
-    ``mlp_gated=True``, ``tie_word_embeddings=False`` for v1.1."""
+    layers, RMSNorm, pre-norm, ReLU, no biases, tied head with output scaling, dropout 0.1, except on the attention
+    weights: ``attention_dropout`` stays 0 by default, which keeps sdpa's fused kernels (T5 drops them too, at its
+    ``dropout_rate``; converted models take that rate). Set ``hidden_act="gelu_tanh"``, ``mlp_gated=True``,
+    ``tie_word_embeddings=False`` for v1.1."""
 
     model_type = "minit5"
     keys_to_ignore_at_inference = ["past_key_values"]
@@ -215,9 +219,15 @@ class MiniT5Config(MiniConfigBase):
     def __post_init__(self, **kwargs):
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_hidden_layers
-        _check_positive("num_decoder_layers", self.num_decoder_layers)
-        _check_positive("relative_attention_num_buckets", self.relative_attention_num_buckets)
-        _check_positive("relative_attention_max_distance", self.relative_attention_max_distance)
+        _check_int("num_decoder_layers", self.num_decoder_layers)
+        if self.position_embedding_type != "relative":
+            raise ValueError(f"position_embedding_type={self.position_embedding_type!r}: MiniT5 always uses T5's "
+                             "relative bias ('relative')")
+        # The bucketing keeps num_buckets // 2 exact offsets in the decoder (// 4 each way in the encoder), then
+        # spaces the rest logarithmically out to max_distance, which must lie beyond the exact ones.
+        _check_int("relative_attention_num_buckets", self.relative_attention_num_buckets, minimum=4)
+        _check_int("relative_attention_max_distance", self.relative_attention_max_distance,
+                        minimum=self.relative_attention_num_buckets // 2 + 1)
         super().__post_init__(**kwargs)
 
 

@@ -373,8 +373,10 @@ class TransformerLayer(GradientCheckpointingLayer):
             return x + self._drop(sublayer(norm(x)))
         return norm(x + self._drop(sublayer(x)))
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None,
-                position_bias=None, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_bias=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+        # Tensors that may need gradients (T5's shared bias, the encoder states) come first: the stacks pass them
+        # positionally, since reentrant gradient checkpointing replays only positional inputs (not closed-over kwargs).
         hidden_states = self._residual(hidden_states, self.attn_norm, lambda x: self.self_attn(
             x, attention_mask, position_embeddings, past_key_values, position_bias=position_bias, **kwargs)[0])
         if self.cross_attn is not None:

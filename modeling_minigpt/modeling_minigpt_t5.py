@@ -56,11 +56,28 @@ class MiniT5PreTrainedModel(MiniPreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         # T5's scales: unit-variance token embeddings (the tied head rescales by d**-0.5), an untied head whose
-        # logits start at unit scale. (Leaf modules only: containers are skipped when loaded as custom code.)
+        # logits start at unit scale, and Mesh TensorFlow's per-projection scales (``_tag_init_scales``).
+        # (Leaf modules only: containers are skipped when loaded as custom code.)
         if module is getattr(self, "embed_tokens", None):
             init.normal_(module.weight, std=1.0)
         elif module is getattr(self, "lm_head", None) and not self.config.tie_word_embeddings:
             init.normal_(module.weight, std=self.config.hidden_size**-0.5)
+        elif getattr(module, "t5_init_std", None) is not None:
+            init.normal_(module.weight, std=module.t5_init_std)
+
+    def _tag_init_scales(self):
+        """Give each projection of this stack T5's init std (Mesh TensorFlow's, as transformers' T5 uses): q
+        (d·hd)^-0.5, k and v d^-0.5, o (nh·hd)^-0.5, MLP in d^-0.5, MLP out f^-0.5, relative bias d^-0.5. With 0.02
+        everywhere beside unit-variance embeddings, the residual stream starts as the input embedding and the tied
+        head predicts the decoder's own input token (first loss 11.2 against ln V = 7.6)."""
+        c = self.config
+        d, inner = c.hidden_size, c.num_attention_heads * c.head_dim
+        stds = {"q_proj": (d * c.head_dim) ** -0.5, "k_proj": d**-0.5, "v_proj": d**-0.5, "o_proj": inner**-0.5,
+                "gate_proj": d**-0.5, "up_proj": d**-0.5, "down_proj": c.intermediate_size**-0.5,
+                "relative_attention_bias": d**-0.5}
+        for name, module in self.named_modules():
+            if name.rsplit(".", 1)[-1] in stds:
+                module.t5_init_std = stds[name.rsplit(".", 1)[-1]]
 
     def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """labels (B, T) -> decoder inputs (B, T): [decoder_start, labels[:-1]], with -100 replaced by pad."""
@@ -87,6 +104,7 @@ class MiniT5Encoder(MiniT5PreTrainedModel):
         self.norm = build_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.gradient_checkpointing = False
+        self._tag_init_scales()
         self.post_init()
 
     @merge_with_config_defaults
@@ -102,7 +120,7 @@ class MiniT5Encoder(MiniT5PreTrainedModel):
         bias = self.relative_bias(length, length)  # (1, nh, T, T), shared by every layer
         hidden_states = self.dropout(inputs_embeds)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask=mask, position_bias=bias, **kwargs)
+            hidden_states = layer(hidden_states, mask, bias, **kwargs)  # positional: see TransformerLayer
         return BaseModelOutput(last_hidden_state=self.dropout(self.norm(hidden_states)))
 
 
@@ -123,6 +141,7 @@ class MiniT5Decoder(MiniT5PreTrainedModel):
         self.norm = build_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.gradient_checkpointing = False
+        self._tag_init_scales()
         self.post_init()
 
     @merge_with_config_defaults
@@ -131,6 +150,8 @@ class MiniT5Decoder(MiniT5PreTrainedModel):
                 past_key_values=None, use_cache=None, **kwargs) -> BaseModelOutputWithPastAndCrossAttentions:
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        elif past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values = EncoderDecoderCache(past_key_values, DynamicCache(config=self.config))  # self-attn only
         if past_key_values is not None:
             # Caches built from the config (here and in generate()) hold num_hidden_layers, the encoder's depth.
             for cache in (past_key_values.self_attention_cache, past_key_values.cross_attention_cache):
@@ -143,12 +164,13 @@ class MiniT5Decoder(MiniT5PreTrainedModel):
                                                attention_mask=encoder_attention_mask,
                                                encoder_hidden_states=encoder_hidden_states)
         length = inputs_embeds.shape[1]
-        bias = self.relative_bias(length, past + length, past)  # (1, nh, T, past + T): new queries after the past
+        # Keys as attention will see them: past + T for a dynamic cache, the whole buffer for a static one.
+        keys = self_cache.get_mask_sizes(length, 0)[0] if self_cache is not None else length
+        bias = self.relative_bias(length, keys, past)  # (1, nh, T, keys): the new queries come after the past
         hidden_states = self.dropout(inputs_embeds)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask=mask, position_bias=bias,
-                                  past_key_values=past_key_values, encoder_hidden_states=encoder_hidden_states,
-                                  encoder_attention_mask=cross_mask, **kwargs)
+            hidden_states = layer(hidden_states, mask, bias, encoder_hidden_states, cross_mask,
+                                  past_key_values=past_key_values, **kwargs)  # positional: see TransformerLayer
         hidden_states = self.dropout(self.norm(hidden_states))
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states,
                                                          past_key_values=past_key_values)

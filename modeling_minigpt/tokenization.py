@@ -12,7 +12,8 @@ no normalizer). Family presets (special tokens get the first ids, in this order)
   ``extra_special_tokens``, v5's name for additional_special_tokens); ``</s>`` is appended to every sequence.
 
 The saved folder (tokenizer.json, tokenizer_config.json, chat_template.jinja) needs neither minigpt nor custom code:
-``AutoTokenizer.from_pretrained(folder)``.
+``AutoTokenizer.from_pretrained(folder)``. In a model's folder, pass ``trust_remote_code=True`` there too:
+transformers 5 reads the model's config first, whose ``auto_map`` names custom code, and otherwise asks y/N.
 
 Example::
 

@@ -74,6 +74,8 @@ def from_hf(model):
     cfg, sd = model.config, model.state_dict()
     if cfg.model_type != "t5":
         raise ValueError(f"from_hf expects a transformers T5 model, got model_type={cfg.model_type!r}")
+    if type(model).__name__ not in ("T5ForConditionalGeneration", "T5Model"):  # other heads would be dropped
+        raise ValueError(f"cannot convert {type(model).__name__}; supported: T5ForConditionalGeneration, T5Model")
     has_head = "lm_head.weight" in sd
     scaled = getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings)
     if scaled and has_head and not torch.equal(sd["lm_head.weight"], sd["shared.weight"]):

@@ -154,6 +154,7 @@ def test_pre_and_post_norm_residuals():
     ("norm_position", "middle", "norm_position='middle'"),
     ("num_hidden_layers", 0, "num_hidden_layers=0"),
     ("hidden_dropout", 1.5, "hidden_dropout=1.5"),
+    ("norm_eps", -1.0, "norm_eps=-1.0 must be > 0"),
 ])
 def test_config_rejects_what_cannot_work(field, value, match):
     with pytest.raises(ValueError, match=match):

@@ -166,7 +166,7 @@ def test_pooler_is_config_driven():
 @pytest.mark.parametrize("field, value", [
     ("type_vocab_size", -1), ("hidden_act", "tanh"), ("norm_position", "middle"), ("norm_type", "batchnorm"),
     ("hidden_dropout", 1.0), ("attention_dropout", -0.1), ("num_attention_heads", 5), ("vocab_size", 0),
-    ("position_embedding_type", "alibi"),
+    ("position_embedding_type", "alibi"), ("type_vocab_size", 2.5), ("type_vocab_size", "2"), ("norm_eps", 0.0),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):

@@ -1,11 +1,13 @@
 """MiniT5 as a first-class transformers seq2seq model: caches, masks, labels, generation, saving, training."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from modeling_minigpt import (
     DataCollatorForSpanCorruption,
@@ -73,6 +75,24 @@ def test_incremental_decoding_logits_equal_full_decoding(version):
                         past_key_values=out.past_key_values, use_cache=True)
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_static_cache_generates_as_the_dynamic_cache():
+    # A static cache shows attention all max_cache_len key slots: the relative bias must span them.
+    model = tiny("v1.1")
+    x = ids()
+    torch.testing.assert_close(greedy(model, x, cache_implementation="static"), greedy(model, x))
+
+
+def test_a_plain_dynamic_cache_serves_as_the_self_attention_cache():
+    model = tiny()
+    x, dec = ids(), ids(length=3, low=0)
+    with torch.no_grad():
+        full = model(input_ids=x, decoder_input_ids=dec).logits
+        out = model(input_ids=x, decoder_input_ids=dec[:, :2], past_key_values=DynamicCache(), use_cache=True)
+        assert isinstance(out.past_key_values, EncoderDecoderCache)
+        step = model(input_ids=x, decoder_input_ids=dec[:, 2:], past_key_values=out.past_key_values).logits
+    torch.testing.assert_close(torch.cat([out.logits, step], 1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_beam_search_with_and_without_cache():
@@ -168,6 +188,18 @@ def test_labels_without_start_or_pad_token_is_a_clear_error(field):
         model(input_ids=ids(), labels=ids(length=4))
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("relative_attention_num_buckets", 2, "relative_attention_num_buckets=2 must be an integer >= 4"),
+    # 32 buckets keep 16 exact decoder offsets: the log-spaced ones must reach beyond them
+    ("relative_attention_max_distance", 16, "relative_attention_max_distance=16 must be an integer >= 17"),
+    ("position_embedding_type", "rope", "position_embedding_type='rope'"),
+])
+def test_bad_config_names_the_field(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        config(**{"relative_attention_num_buckets": 32, field: value})
+    config(relative_attention_num_buckets=32, relative_attention_max_distance=17)  # the smallest that works
+
+
 def test_missing_decoder_inputs_is_a_clear_error():
     with pytest.raises(ValueError, match="decoder_input_ids"):
         tiny()(input_ids=ids())
@@ -200,7 +232,10 @@ def test_resize_token_embeddings_keeps_the_tie():
     assert model(input_ids=ids(), decoder_input_ids=torch.tensor([[V + 7], [V + 1]])).logits.shape == (2, 1, V + 8)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+    # Reentrant checkpointing (PEFT's prepare_model_for_kbit_training default) replays only positional inputs: the
+    # shared relative bias and the encoder states must reach each layer that way, or backward runs twice through them.
     x, labels = ids(), ids(length=5)
     state = tiny("v1.1").state_dict()
     grads = []
@@ -208,12 +243,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model = MiniT5ForConditionalGeneration(config("v1.1")).train()
         model.load_state_dict(state)
         if checkpointing:
-            model.activation_checkpointing_enable()
+            model.activation_checkpointing_enable({"use_reentrant": reentrant})
         model(input_ids=x, labels=labels).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
     for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-4, rtol=1e-4, msg=name)  # recompute order
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fresh_model_starts_near_a_uniform_guess(version):
+    # T5's init scales (Mesh TF's, as transformers' T5): the first loss is about ln V, not a copy of the decoder's
+    # input token, which unit-variance embeddings beside 0.02 projections gave (loss 11.2 at ln V = 7.6).
+    torch.manual_seed(0)
+    vocab = 2048
+    model = MiniT5ForConditionalGeneration(config(version, vocab_size=vocab, hidden_size=128, head_dim=32,
+                                                  intermediate_size=512)).eval()
+    x, labels = torch.randint(3, vocab, (8, 64)), torch.randint(3, vocab, (8, 30))
+    with torch.no_grad():
+        out = model(input_ids=x, labels=labels)
+    copied = out.logits.softmax(-1).gather(-1, model._shift_right(labels)[..., None]).mean()
+    assert abs(out.loss.item() - math.log(vocab)) < 1.0 and copied < 0.3
+    q = model.model.encoder.layers[0].self_attn.q_proj.weight
+    assert abs(q.std().item() - (128 * 32) ** -0.5) < 0.1 * (128 * 32) ** -0.5
 
 
 def test_bf16_forward_is_finite():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration, T5Model
+from transformers import T5Config, T5EncoderModel, T5ForConditionalGeneration, T5ForQuestionAnswering, T5Model
 
 from modeling_minigpt import MiniT5ForConditionalGeneration, MiniT5Model, convert_from_hf, convert_to_hf
 
@@ -133,6 +133,9 @@ def test_unconvertible_configs_are_clear_errors():
         ref.lm_head.weight = torch.nn.Parameter(torch.randn(V, 64))  # scaled (v1.0) but untied: no MiniT5 form
     with pytest.raises(ValueError, match="lm_head"):
         convert_from_hf(ref)
+    for other in (T5EncoderModel, T5ForQuestionAnswering):  # heads MiniT5 lacks
+        with pytest.raises(ValueError, match=f"cannot convert {other.__name__}; supported"):
+            convert_from_hf(other(ref.config))
     ours = convert_from_hf(t5("v1.0"))
     ours.config.norm_type = "layernorm"
     with pytest.raises(ValueError, match="RMSNorm"):
