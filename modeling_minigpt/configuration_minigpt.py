@@ -19,6 +19,10 @@ def _check_choice(field, value, choices):
         raise ValueError(f"{field}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_not_relative(value, family):
     if value == "relative":
         raise ValueError(f"position_embedding_type='relative' is T5's bias; {family} takes learned, sinusoidal, "
@@ -66,23 +70,33 @@ class MiniConfigBase(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
-        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                      "max_position_embeddings"):
-            _check_int(field, getattr(self, field))
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None:
+        if (self.head_dim is None and isinstance(self.hidden_size, int) and isinstance(self.num_attention_heads, int)
+                and self.num_attention_heads > 0):
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
                     f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
                     f"{self.num_attention_heads}; set head_dim explicitly or change one of them"
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.intermediate_size is None:
+        if self.intermediate_size is None and isinstance(self.hidden_size, int):
             self.intermediate_size = 4 * self.hidden_size
-        _check_int("num_key_value_heads", self.num_key_value_heads)
-        _check_int("head_dim", self.head_dim)
-        _check_int("intermediate_size", self.intermediate_size)
+        self.check_fields()
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers sets ``from_pretrained(..., field=value)`` overrides after ``__post_init__``: check again."""
+        config = super().from_dict(config_dict, **kwargs)
+        (config[0] if isinstance(config, tuple) else config).check_fields()
+        return config
+
+    def check_fields(self):
+        """Every field the blocks read, checked; a ValueError names the field and the value."""
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "max_position_embeddings", "num_key_value_heads", "head_dim", "intermediate_size"):
+            _check_int(field, getattr(self, field))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_key_value_heads={self.num_key_value_heads} must divide num_attention_heads="
@@ -94,13 +108,16 @@ class MiniConfigBase(PreTrainedConfig):
         _check_choice("norm_type", self.norm_type, NORMS)
         _check_choice("norm_position", self.norm_position, NORM_POSITIONS)
         _check_choice("position_embedding_type", self.position_embedding_type, POSITIONS)
-        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) or not self.norm_eps > 0:
-            raise ValueError(f"norm_eps={self.norm_eps!r} must be > 0")
+        for field in ("mlp_gated", "attention_bias", "mlp_bias", "tie_word_embeddings", "use_cache"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"{field}={getattr(self, field)!r} must be true or false")
+        for field in ("norm_eps", "rope_theta", "initializer_range"):
+            if not _is_number(getattr(self, field)) or not getattr(self, field) > 0:
+                raise ValueError(f"{field}={getattr(self, field)!r} must be a number > 0")
         for field in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, field)
-            if not 0.0 <= value < 1.0:
+            if not _is_number(value) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{field}={value!r} must be in [0, 1)")
-        super().__post_init__(**kwargs)
 
 
 MINIGPT_PRESETS = {
@@ -148,9 +165,9 @@ class MiniGPTConfig(MiniConfigBase):
         "norm": (["hidden_states"], ["hidden_states"]),
     }
 
-    def __post_init__(self, **kwargs):
+    def check_fields(self):
+        super().check_fields()
         _check_not_relative(self.position_embedding_type, "MiniGPT")
-        super().__post_init__(**kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "MiniGPTConfig":
@@ -176,12 +193,13 @@ class MiniBertConfig(MiniConfigBase):
     classifier_dropout: float | None = None
     pad_token_id: int | None = 0
 
-    def __post_init__(self, **kwargs):
+    def check_fields(self):
+        super().check_fields()
         _check_int("type_vocab_size", self.type_vocab_size, minimum=0)
         _check_not_relative(self.position_embedding_type, "MiniBert")
-        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+        if self.classifier_dropout is not None and not (_is_number(self.classifier_dropout)
+                                                        and 0.0 <= self.classifier_dropout < 1.0):
             raise ValueError(f"classifier_dropout={self.classifier_dropout!r} must be in [0, 1)")
-        super().__post_init__(**kwargs)
 
 
 class MiniT5Config(MiniConfigBase):
@@ -219,6 +237,10 @@ class MiniT5Config(MiniConfigBase):
     def __post_init__(self, **kwargs):
         if self.num_decoder_layers is None:
             self.num_decoder_layers = self.num_hidden_layers
+        super().__post_init__(**kwargs)
+
+    def check_fields(self):
+        super().check_fields()
         _check_int("num_decoder_layers", self.num_decoder_layers)
         if self.position_embedding_type != "relative":
             raise ValueError(f"position_embedding_type={self.position_embedding_type!r}: MiniT5 always uses T5's "
@@ -228,7 +250,6 @@ class MiniT5Config(MiniConfigBase):
         _check_int("relative_attention_num_buckets", self.relative_attention_num_buckets, minimum=4)
         _check_int("relative_attention_max_distance", self.relative_attention_max_distance,
                         minimum=self.relative_attention_num_buckets // 2 + 1)
-        super().__post_init__(**kwargs)
 
 
 __all__ = ["MiniConfigBase", "MiniGPTConfig", "MiniBertConfig", "MiniT5Config", "MINIGPT_PRESETS"]

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from transformers import AutoConfig
 
 from modeling_minigpt import MiniGPTConfig
 from modeling_minigpt.minigpt_layers import (
@@ -154,8 +155,21 @@ def test_pre_and_post_norm_residuals():
     ("norm_position", "middle", "norm_position='middle'"),
     ("num_hidden_layers", 0, "num_hidden_layers=0"),
     ("hidden_dropout", 1.5, "hidden_dropout=1.5"),
-    ("norm_eps", -1.0, "norm_eps=-1.0 must be > 0"),
+    ("norm_eps", -1.0, "norm_eps=-1.0 must be a number > 0"),
+    ("attention_bias", "false", "attention_bias=.false. must be true or false"),
+    ("rope_theta", 0, "rope_theta=0 must be a number > 0"),
+    ("attention_dropout", None, "attention_dropout=None must be in"),
 ])
 def test_config_rejects_what_cannot_work(field, value, match):
     with pytest.raises(ValueError, match=match):
         cfg(**{field: value})
+
+
+def test_from_pretrained_overrides_are_checked_too(tmp_path):
+    # transformers applies from_pretrained(..., field=value) after the config's __post_init__
+    MiniGPTConfig(**cfg().to_dict()).save_pretrained(tmp_path)
+    assert MiniGPTConfig.from_pretrained(tmp_path, hidden_dropout=0.1).hidden_dropout == 0.1
+    with pytest.raises(ValueError, match="hidden_act='bogus'"):
+        MiniGPTConfig.from_pretrained(tmp_path, hidden_act="bogus")
+    with pytest.raises(ValueError, match="hidden_dropout=2.0"):
+        AutoConfig.from_pretrained(tmp_path, hidden_dropout=2.0)
