@@ -117,16 +117,6 @@ def push_to_hub(folder, repo_id, private=False, token=None, commit_message="Uplo
                              ignore_patterns=ignore)
 
 
-def add_arguments(parser, name):
-    parser.add_argument("folder", help="a saved minigpt folder (config.json, safetensors, tokenizer)")
-    parser.add_argument("--repo-id", help="owner/name on the Hub (card title; required for push)")
-    parser.add_argument("--stage", default="pretraining", help="what produced the folder, for the card")
-    parser.add_argument("--base-model", help="the model this one was fine-tuned from (card lineage)")
-    parser.add_argument("--dataset", action="append", help="dataset name(s) for the card metadata")
-    if name == "push":
-        parser.add_argument("--private", action="store_true")
-
-
 def run(args):
     if args.command == "card":
         render_model_card(args.folder, args.repo_id, args.stage, args.base_model, args.dataset)

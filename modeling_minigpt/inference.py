@@ -4,31 +4,17 @@
     minigpt generate MODEL_DIR --prompt "ROMEO:" --greedy
     minigpt chat MODEL_DIR --system "You are a helpful assistant."   (one user line per turn; /exit or EOF ends)
 
-Any folder that ``AutoModelForCausalLM`` and ``AutoTokenizer`` load works, minigpt or not.
+Any folder that ``AutoModelForCausalLM`` and ``AutoTokenizer`` load works, minigpt or not. minigpt folders load
+with the installed classes; a folder that ships other code runs it only with ``--trust-remote-code``.
 """
 
 import os
 import sys
 
 
-def add_arguments(parser, name):
-    parser.add_argument("model", metavar="MODEL_DIR", help="a saved model folder (config.json, weights, tokenizer)")
-    if name == "generate":
-        parser.add_argument("--prompt", required=True, help="text to continue")
-    else:
-        parser.add_argument("--system", default=None, help="an optional system message")
-    parser.add_argument("--max-new-tokens", type=int, default=100 if name == "generate" else 200)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--top-k", type=int, default=50, help="0 turns top-k off")
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-
-
 def run(args):
     _check_sampling(args)
-    model, tokenizer = load_model(args.model, args.device)
+    model, tokenizer = load_model(args.model, args.device, args.trust_remote_code)
     from transformers import set_seed
 
     set_seed(args.seed)
@@ -46,10 +32,17 @@ def _check_sampling(args):
         raise ValueError(f"--top-k={args.top_k} must be >= 0")
     if not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p={args.top_p} must be in (0, 1]")
+    if args.command == "generate" and not args.prompt:
+        raise ValueError("--prompt is empty: give some text to continue")
 
 
-def load_model(path: str, device: str | None = None):
-    """(model, tokenizer) from a folder, or a one-line ValueError/FileNotFoundError saying why it is not a model."""
+def load_model(path: str, device: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer) from a folder, or a one-line ValueError/FileNotFoundError saying why it is not a model.
+
+    ``import modeling_minigpt`` registers minigpt's classes, so minigpt folders need no remote code: the installed
+    classes load them. Other custom models run the code in their folder only with ``trust_remote_code``."""
+    if os.path.isfile(path):
+        raise ValueError(f"{path!r} is a file: give the model folder that holds it")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist")
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -61,20 +54,43 @@ def load_model(path: str, device: str | None = None):
 
     import modeling_minigpt  # noqa: F401  registers the local classes, so they win over the folder's copied code
 
+    device = _device(device, torch)
+    remote = dict(trust_remote_code=trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        config = AutoConfig.from_pretrained(path, **remote)
     except (ValueError, KeyError, OSError) as err:
-        raise ValueError(f"{path!r} is not a transformers model: {_first_line(err)}") from None
+        hint = " (it ships its own code: add --trust-remote-code if you trust it)" if "trust_remote_code" in str(
+            err) else ""
+        raise ValueError(f"{path!r} is not a transformers model{hint}: {_first_line(err)}") from err
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise ValueError(f"{path!r} holds {', '.join(archs)}, not a causal LM (a ...ForCausalLM model)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, **remote)
     except ValueError as err:
-        raise ValueError(f"{path!r} ({config.model_type}) is not a causal LM: {_first_line(err)}") from None
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        raise ValueError(f"{path!r} ({config.model_type}) is not a causal LM: {_first_line(err)}") from err
+    except Exception as err:  # a truncated safetensors file, a weight of the wrong shape, ...
+        raise ValueError(f"cannot load the weights in {path!r}: {type(err).__name__}: {_first_line(err)}") from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **remote)
+    except Exception as err:  # a malformed tokenizer.json raises KeyError, JSONDecodeError, Exception, ...
+        raise ValueError(f"cannot load the tokenizer in {path!r}: {type(err).__name__}: {_first_line(err)}") from err
     return model.to(device).eval(), tokenizer
+
+
+def _device(name: str | None, torch):
+    """The torch device for --device, or a ValueError naming it (an unknown or absent device)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device={name!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and not (backend is not None and hasattr(backend, "is_available")
+                                     and backend.is_available()):
+        raise ValueError(f"--device={name!r}: this machine has no {device.type} device (try cpu)")
+    return device
 
 
 def _first_line(err) -> str:
@@ -92,6 +108,10 @@ def _sampling_kwargs(args, tokenizer) -> dict:
 
 
 def _max_positions(model) -> int | None:
+    """The longest input the model takes: a learned position table's size. Rotary, sinusoidal and no positions
+    extend past the trained length (less well), so they get no hard limit."""
+    if getattr(model.config, "position_embedding_type", "learned") in ("rope", "sinusoidal", "none"):
+        return None
     return getattr(model.config, "max_position_embeddings", None)
 
 
@@ -115,8 +135,9 @@ def _chat(model, tokenizer, args):
         raise ValueError(f"the tokenizer in {args.model!r} has no chat template; "
                          "train one with `minigpt train-tokenizer --family gpt`")
     history = [{"role": "system", "content": args.system}] if args.system else []
-    stops = [i for i in (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id)
-             if i is not None and i != tokenizer.unk_token_id]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")  # the unk id when the vocabulary lacks it
+    stops = [i for i in (im_end if im_end != tokenizer.unk_token_id else None, tokenizer.eos_token_id)
+             if i is not None]  # the eos may be the unk token too (<|endoftext|> in GPT-2 style vocabularies)
     budget = (_max_positions(model) or 10**9) - args.max_new_tokens
     if budget <= 0:
         raise ValueError(f"--max-new-tokens={args.max_new_tokens} leaves no room for the prompt in "

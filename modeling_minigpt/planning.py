@@ -15,9 +15,9 @@ and a = beta / (alpha + beta). The predicted loss is always the Epoch refit eval
 on the paper's MassiveText with its tokenizer, a guide to scale, not a forecast for another corpus.
 """
 
-import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -237,41 +237,11 @@ def plan(flops: float | None = None, params: float | None = None, tokens: float 
 # The command
 # ---------------------------------------------------------------------------------------------------------------
 
-_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
-
-
-def _number(text: str) -> float:
-    """5.76e23, 70B, 1.4T, 124M (k, M, B/G, T suffixes)."""
-    scale = _SUFFIXES.get(text[-1:].lower(), 1.0)
-    try:
-        value = float(text[:-1] if scale != 1.0 else text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (examples: 5.76e23, 70B, 1.4T)") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive finite number")
-    return value
-
-
 def _si(value: float) -> str:
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= scale:
             return f"{value / scale:.3g}{suffix}"
     return f"{value:.3g}"
-
-
-def add_arguments(parser) -> None:
-    budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--flops", type=_number, help="training compute C in FLOPs, e.g. 5.76e23")
-    budget.add_argument("--params", type=_number, help="model size N, e.g. 124M: gives the optimal tokens")
-    budget.add_argument("--tokens", type=_number, help="training tokens D, e.g. 10B: gives the optimal size")
-    budget.add_argument("--gpu-hours", type=_number, help="GPU hours on --gpu at --mfu")
-    parser.add_argument("--gpu", help=f"GPU for --gpu-hours: {', '.join(GPU_PEAK_TFLOPS)}")
-    parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for --gpu-hours (default 0.4)")
-    parser.add_argument("--fit", choices=list(FITS), default="chinchilla",
-                        help="scaling fit; default chinchilla reproduces the paper's 70B / 1.4T at 5.76e23")
-    parser.add_argument("--vocab-size", type=int, default=50257, help="vocabulary of the suggested config")
-    parser.add_argument("--seq-len", type=int, default=2048, help="context length of the suggested config")
-    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
 def run(args) -> int:
@@ -301,5 +271,8 @@ def run(args) -> int:
           f"vocab_size={c['vocab_size']} -> {_si(c['params'])} params, {c['flops_per_token']:.3g} FLOPs/token "
           f"at seq_len {args.seq_len} (head_dim {c['hidden_size'] // c['num_attention_heads']}, "
           f"hidden/layers ~{c['hidden_size'] / c['num_hidden_layers']:.0f})")
+    if not 2 / 3 < c["params"] / result["params"] < 3 / 2:
+        print(f"note: no GPT-2-style shape (1-512 layers, head_dim 64-128, vocab {c['vocab_size']}) comes near "
+              f"{_si(result['params'])} params; the suggested config is the nearest one", file=sys.stderr)
     return 0
 

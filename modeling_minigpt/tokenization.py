@@ -20,6 +20,7 @@ Example::
     minigpt train-tokenizer --input ../shared/data/tinyshakespeare/input.txt --vocab-size 4096 --output tok
 """
 
+import codecs
 import json
 import os
 from collections.abc import Iterable
@@ -81,13 +82,23 @@ def train_tokenizer(
                          f"{min_vocab_size(family)} (256 bytes + {len(special_tokens(family))} special tokens)")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side={padding_side!r} must be 'left' or 'right'")
+    if min_frequency < 0 or model_max_length < 1:
+        raise ValueError(f"min_frequency={min_frequency} must be >= 0 and model_max_length={model_max_length} >= 1")
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output {output_dir!r} is a file, not a folder")
     backend = _byte_level_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=_trainer_specials(family),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
     )
     if files is not None:
-        backend.train([_check_file(f) for f in files], trainer)
+        files = [_check_file(f) for f in files]
+        try:
+            backend.train(files, trainer)
+        except Exception:  # the Rust trainer names no file: find the one that is not UTF-8
+            for file in files:
+                _check_utf8(file)
+            raise
     else:
         backend.train_from_iterator(texts, trainer)
     tokenizer = wrap_tokenizer(backend, family, model_max_length, padding_side)
@@ -109,11 +120,26 @@ def _byte_level_bpe(vocab: dict | None = None, merges: list | None = None) -> To
 
 
 def _check_file(path: str) -> str:
+    if os.path.isdir(path):
+        raise ValueError(f"input {path!r} is a folder: give the text files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input file {path!r} does not exist")
     if os.path.getsize(path) == 0:
         raise ValueError(f"input file {path!r} is empty")
     return path
+
+
+def _check_utf8(path: str) -> None:
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as f:
+        try:
+            while chunk := f.read(1 << 24):
+                decoder.decode(chunk)
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"input file {path!r} is not UTF-8 text (near byte {offset + err.start}): convert it "
+                             "first, e.g. iconv -f latin1 -t utf-8") from None
 
 
 def wrap_tokenizer(backend: Tokenizer, family: str, model_max_length: int = 1024,
@@ -164,16 +190,6 @@ def load_gpt2_tokenizer(path: str = "../shared/data/gpt2_bpe", model_max_length:
         tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
         model_max_length=model_max_length, clean_up_tokenization_spaces=False,
     )
-
-
-def add_arguments(parser):
-    parser.add_argument("--input", nargs="+", required=True, metavar="FILE", help="plain-text training files")
-    parser.add_argument("--vocab-size", type=int, required=True, help="vocabulary size including special tokens")
-    parser.add_argument("--family", choices=FAMILIES, default="gpt", help="special-token preset (default: gpt)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the saved tokenizer")
-    parser.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge (default: 2)")
-    parser.add_argument("--model-max-length", type=int, default=1024, help="default: 1024")
-    parser.add_argument("--padding-side", choices=("left", "right"), default="right", help="default: right")
 
 
 def run(args):

@@ -316,23 +316,6 @@ def _temp_file(folder: Path, name: str, registry: list) -> str:
     return temp
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help=".txt, .jsonl/.json, .parquet files or folders of them")
-    parser.add_argument("--output", required=True, metavar="DIR", help="writes DIR/cleaned.jsonl and DIR/stats.json")
-    parser.add_argument("--min-sentences", type=int, default=3, help="drop pages with fewer sentences (C4: 5)")
-    parser.add_argument("--min-words", type=int, default=3, help="drop lines with fewer words (C4: 3)")
-    parser.add_argument("--bad-words", metavar="FILE", default=None,
-                        help="bad-words list, one a line (default: a short shipped list; C4 used LDNOOBW 'en')")
-    parser.add_argument("--text-field", default="text", help="column holding the text in .jsonl/.parquet inputs")
-    parser.add_argument("--doc-separator", default=None, metavar="STRING",
-                        help=r"split .txt files into documents at STRING (\n and \t are unescaped, e.g. '\n\n\n'); "
-                             "default: one document per .txt file")
-    parser.add_argument("--unwrap", action="store_true",
-                        help="join hard-wrapped lines within each blank-line-separated paragraph first (books)")
-    parser.add_argument("--no-dedup", action="store_true", help="skip exact and 3-sentence-span deduplication")
-
-
 def run(args) -> int:
     separator = args.doc_separator
     if separator is not None:

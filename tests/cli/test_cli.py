@@ -63,6 +63,24 @@ def test_help_is_fast_and_lists_commands():
         assert name in proc.stdout
 
 
+def test_every_command_help_is_fast():
+    # The flags live in minigpt_cli, so `minigpt COMMAND --help` imports neither torch nor transformers.
+    for name in COMMANDS:
+        minigpt(name, "--help")  # warm the file cache
+        start = time.perf_counter()
+        proc = minigpt(name, "--help")
+        elapsed = time.perf_counter() - start
+        assert proc.returncode == 0 and f"minigpt {name}" in proc.stdout
+        assert elapsed < 1.0, f"minigpt {name} --help took {elapsed:.2f}s"
+
+
+def test_the_cli_choices_are_the_modules_choices():
+    from minigpt_cli import FAMILIES, FITS
+    from modeling_minigpt import planning, tokenization
+
+    assert FAMILIES == tokenization.FAMILIES and FITS == tuple(planning.FITS)
+
+
 @pytest.mark.slow
 def test_train_tokenizer_end_to_end(tmp_path):
     from transformers import AutoTokenizer
@@ -94,6 +112,20 @@ def test_train_tokenizer_bad_input_in_process(capsys, monkeypatch, tmp_path, nam
                                        "--vocab-size", vocab, "--output", tmp_path / "tok")
     assert code == 2 and needle in err and err.startswith("minigpt train-tokenizer: error:")
     assert not (tmp_path / "tok").exists()
+
+
+def test_train_tokenizer_output_that_is_a_file_and_input_that_is_not_text(capsys, monkeypatch, tmp_path):
+    (tmp_path / "afile").write_text("keep me")
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "train-tokenizer", "--input", SHAKESPEARE,
+                                       "--vocab-size", 300, "--output", tmp_path / "afile")
+    assert code == 2 and "is a file, not a folder" in err and (tmp_path / "afile").read_text() == "keep me"
+    (tmp_path / "latin1.txt").write_bytes("Ça va? Très bien, à demain.\n".encode("latin-1") * 50)
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "train-tokenizer", "--input", SHAKESPEARE,
+                                       tmp_path / "latin1.txt", "--vocab-size", 300, "--output", tmp_path / "tok")
+    assert code == 2 and "latin1.txt" in err and "not UTF-8" in err and not (tmp_path / "tok").exists()
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "train-tokenizer", "--input", tmp_path,
+                                       "--vocab-size", 300, "--output", tmp_path / "tok")
+    assert code == 2 and "is a folder" in err
 
 
 def _continuation(model, tok, ids, **kwargs):
@@ -170,6 +202,52 @@ def test_generate_rejects_bad_sampling_options(capsys, monkeypatch, tiny_model, 
     assert code == 2 and out == "" and needle in err
 
 
+@pytest.mark.parametrize("args, needle", [
+    (("--prompt", ""), "--prompt is empty"), (("--prompt", "hi", "--device", "banana"), "--device='banana'"),
+    (("--prompt", "hi", "--device", "cuda:7"), "no cuda device"),
+])
+def test_generate_rejects_an_empty_prompt_and_unknown_devices(capsys, monkeypatch, tiny_model, args, needle):
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "generate", tiny_model[0], *args)
+    assert code == 2 and out == "" and needle in err
+
+
+def test_generate_on_damaged_files_names_what_is_damaged(capsys, monkeypatch, tmp_path, tiny_model):
+    import shutil
+
+    for name, damaged in (("weights", "model.safetensors"), ("tokenizer", "tokenizer.json")):
+        shutil.copytree(tiny_model[0], tmp_path / name)
+        (tmp_path / name / damaged).write_bytes((tmp_path / name / damaged).read_bytes()[:40])  # cut short
+        code, out, err = minigpt_inprocess(capsys, monkeypatch, "generate", tmp_path / name, "--prompt", "hi")
+        assert code == 2 and f"cannot load the {name}" in err and str(tmp_path / name) in err
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "generate", tiny_model[0] / "config.json",
+                                       "--prompt", "hi")
+    assert code == 2 and "is a file: give the model folder" in err
+
+
+def test_generate_runs_no_code_from_the_folder_unless_trusted(capsys, monkeypatch, tmp_path, tiny_model):
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    marker = tmp_path / "code-ran"
+    (folder / "config.json").write_text('{"model_type": "custom", "auto_map": {"AutoConfig": "conf.CustomConfig"}}')
+    (folder / "conf.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (folder / "tokenizer.json").write_text((tiny_model[0] / "tokenizer.json").read_text())
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "generate", folder, "--prompt", "hi")
+    assert code == 2 and "--trust-remote-code" in err and not marker.exists()
+
+
+def test_rotary_models_may_generate_past_the_trained_length(capsys, monkeypatch, tmp_path, tiny_model):
+    # Only a learned position table has a hard end; RoPE runs on (less well) past max_position_embeddings.
+    tok = tiny_model[2]
+    config = MiniGPTConfig.from_preset("tiny-llama", vocab_size=len(tok), max_position_embeddings=16,
+                                       pad_token_id=tok.pad_token_id, eos_token_id=None)
+    MiniGPTForCausalLM(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "generate", tmp_path, "--prompt", "ROMEO:",
+                                       "--max-new-tokens", 40, "--greedy")
+    assert code == 0, err
+    assert len(tok(out.rstrip("\n"))["input_ids"]) > 16  # the prompt and 40 new tokens
+
+
 def test_generate_prompt_longer_than_the_context_is_a_clean_error(capsys, monkeypatch, tiny_model):
     code, out, err = minigpt_inprocess(capsys, monkeypatch, "generate", tiny_model[0], "--prompt", "ab " * 300)
     assert code == 2 and "max_position_embeddings=256" in err
@@ -190,6 +268,30 @@ def test_chat_answers_each_line_and_keeps_history(tiny_model):
         replies.append(_continuation(model, tok, ids, max_new_tokens=12, do_sample=False, eos_token_id=stops))
         history.append({"role": "assistant", "content": replies[-1]})
     assert all(replies) and proc.stdout == "".join(r + "\n" for r in replies)
+
+
+def test_chat_stops_at_the_end_of_text_token(capsys, monkeypatch, tmp_path, tiny_model):
+    # minigpt's gpt tokenizer makes <|endoftext|> eos and unk at once: it must still stop a reply.
+    from transformers import GenerationMixin
+
+    path, model, tok = tiny_model
+    config = model.config.to_dict() | {"tie_word_embeddings": False}
+    untied = MiniGPTForCausalLM(MiniGPTConfig(**{k: v for k, v in config.items() if k in MiniGPTConfig().to_dict()}))
+    torch.nn.init.zeros_(untied.lm_head.weight)  # every logit 0: greedy picks id 0, <|endoftext|>
+    untied.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert tok.eos_token_id == tok.unk_token_id == 0
+    lengths, generate = [], GenerationMixin.generate
+
+    def spy(self, input_ids=None, **kwargs):
+        out = generate(self, input_ids=input_ids, **kwargs)
+        lengths.append(out.shape[1] - input_ids.shape[1])
+        return out
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "chat", tmp_path, "--greedy", "--max-new-tokens", 30,
+                                       stdin="hello\n")
+    assert code == 0 and lengths == [1]
 
 
 def test_chat_exits_on_slash_exit(capsys, monkeypatch, tiny_model):

@@ -167,3 +167,10 @@ def test_cli_json(capsys):
     assert {"params", "tokens", "flops", "fit", "predicted_loss", "config"} <= data.keys()
     assert data["fit"] == "chinchilla" and close(data["params"], 70e9, 0.05) and close(data["tokens"], 1.4e12, 0.05)
     assert {"num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"} <= data["config"].keys()
+
+
+def test_cli_says_when_no_shape_comes_near_the_size(capsys):
+    assert minigpt_cli.main(["plan", "--params", "10"]) == 0
+    assert "no GPT-2-style shape" in capsys.readouterr().err
+    assert minigpt_cli.main(["plan", "--params", "124M"]) == 0
+    assert capsys.readouterr().err == ""
