@@ -197,4 +197,5 @@ def run(args):
         args.input, args.vocab_size, family=args.family, output_dir=args.output, min_frequency=args.min_frequency,
         model_max_length=args.model_max_length, padding_side=args.padding_side,
     )
-    print(f"saved a {args.family} tokenizer with {len(tokenizer)} tokens to {args.output}")
+    short = f" (not {args.vocab_size}: the corpus offers no more merges)" if len(tokenizer) < args.vocab_size else ""
+    print(f"saved a {args.family} tokenizer with {len(tokenizer)} tokens{short} to {args.output}")

@@ -126,6 +126,10 @@ def test_train_tokenizer_output_that_is_a_file_and_input_that_is_not_text(capsys
     code, out, err = minigpt_inprocess(capsys, monkeypatch, "train-tokenizer", "--input", tmp_path,
                                        "--vocab-size", 300, "--output", tmp_path / "tok")
     assert code == 2 and "is a folder" in err
+    (tmp_path / "small.txt").write_text("hello world\n")
+    code, out, err = minigpt_inprocess(capsys, monkeypatch, "train-tokenizer", "--input", tmp_path / "small.txt",
+                                       "--vocab-size", 5000, "--output", tmp_path / "tok")
+    assert code == 0 and "(not 5000: the corpus offers no more merges)" in out
 
 
 def _continuation(model, tok, ids, **kwargs):
