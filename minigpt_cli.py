@@ -73,8 +73,10 @@ def _clean_args(parser, name):
     parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
                         help=".txt, .jsonl/.json, .parquet files or folders of them")
     parser.add_argument("--output", required=True, metavar="DIR", help="writes DIR/cleaned.jsonl and DIR/stats.json")
-    parser.add_argument("--min-sentences", type=int, default=3, help="drop pages with fewer sentences (C4: 5)")
-    parser.add_argument("--min-words", type=int, default=3, help="drop lines with fewer words (C4: 3)")
+    parser.add_argument("--min-sentences", type=int, default=3,
+                        help="drop pages with fewer sentences (C4: 5 in the paper, 3 in TFDS's code)")
+    parser.add_argument("--min-words", type=int, default=3,
+                        help="drop lines with fewer words (C4: 3 in the paper, 5 in TFDS's code)")
     parser.add_argument("--bad-words", metavar="FILE", default=None,
                         help="bad-words list, one a line (default: a short shipped list; C4 used LDNOOBW 'en')")
     parser.add_argument("--text-field", default="text", help="column holding the text in .jsonl/.parquet inputs")

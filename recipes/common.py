@@ -10,23 +10,46 @@
 import json
 import logging
 import os
+import re
 import sys
 
 
 def make_parser(*dataclass_types):
+    import argparse
+
     from trl.scripts.utils import TrlParser
 
-    return TrlParser(dataclass_types)
+    parser = TrlParser(dataclass_types)
+    # TrlParser reads --config itself; declared here (never stored) so that --help shows it
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                        help="YAML file of these fields (recipes/configs/...); flags given here override it")
+    return parser
 
 
 def parse(parser, argv=None) -> tuple:
-    return parser.parse_args_and_config(argv)
+    """The dataclasses; a broken or mistyped --config file is a ValueError that names the file."""
+    import yaml
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+                   if a.split("=", 1)[0] == "--config" and ("=" in a or i + 1 < len(argv))), None)
+    try:
+        return parser.parse_args_and_config(argv)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{config}: not valid YAML: {' '.join(str(err).split())}") from None
+    except ValueError as err:
+        if str(err).startswith("Unknown arguments from config file"):  # TrlParser's words; name the file and keys
+            keys = [a[2:] for a in re.findall(r"'(--[^']+)'", str(err))]
+            raise ValueError(f"{config}: unknown field(s) {', '.join(keys)} (see --help for the fields)") from None
+        raise
 
 
 def json_field(value, name: str) -> dict | None:
     """A dict from a YAML mapping (already a dict) or a JSON object string (``--model_config '{"a": 1}'``)."""
     if value is None or isinstance(value, dict):
         return value
+    if not isinstance(value, str):
+        raise ValueError(f"{name}={value!r} must be a mapping (YAML) or a JSON object string")
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as err:

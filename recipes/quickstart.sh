@@ -11,8 +11,15 @@ cd "$ROOT"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/pretrain.py \
     --config recipes/configs/gpt/tiny_pretrain.yaml "$@"
+OUT=runs/tiny-gpt  # the config's output_dir, unless the arguments gave another
+prev=""
+for arg in "$@"; do
+    case "$arg" in --output_dir=*) OUT="${arg#--output_dir=}" ;; esac
+    [ "$prev" = "--output_dir" ] && OUT="$arg"
+    prev="$arg"
+done
 echo
-echo "== sample from runs/tiny-gpt =="
-minigpt generate runs/tiny-gpt --prompt "ROMEO:" --max-new-tokens 120 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0
+echo "== sample from $OUT =="
+minigpt generate "$OUT" --prompt "ROMEO:" --max-new-tokens 120 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 0
 echo
-echo "metrics: runs/tiny-gpt/metrics.jsonl   loss curve: runs/tiny-gpt/loss.png"
+echo "metrics: $OUT/metrics.jsonl   loss curve: $OUT/loss.png"

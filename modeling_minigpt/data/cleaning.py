@@ -9,7 +9,8 @@ What happens to each document, in this order (a dropped document is counted once
 2. Line rules, per line, first failing rule counted: keep a line only if it ends in terminal punctuation
    (``. ! ? " ' ” ’ »``, but not an ellipsis ``...``/``…``, as in TFDS), has at least ``min_words`` words and does
    not contain "javascript" (case-insensitive).
-3. Drop the page if its kept lines hold fewer than ``min_sentences`` sentences (C4 used 5; the default here is 3).
+3. Drop the page if its kept lines hold fewer than ``min_sentences`` sentences (default 3). The paper's numbers
+   are 5 sentences and 3 words a line; TFDS's ``c4_utils``, which built C4, uses 3 sentences and 5 words.
 4. Exact dedup: drop a page whose cleaned text (lower-cased, whitespace collapsed) was already kept.
 5. Span dedup: sentences are split across the whole cleaned page; every window of 3 consecutive sentences
    (normalized as in 4) that was already seen in an earlier kept page, or earlier in this page, has its 3

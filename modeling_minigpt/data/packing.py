@@ -125,16 +125,38 @@ def _load_files(files, text_column, streaming, cache_dir):
         raw = datasets.load_dataset(builder, data_files={"train": files}, streaming=streaming, cache_dir=cache_dir,
                                     **kwargs)
     except Exception as err:  # datasets wraps parse errors in its own types; name the files instead
-        raise ValueError(f"could not read data files {', '.join(map(repr, files))}: {err}") from err
+        if builder == "text":  # its error names no cause for a file that is not UTF-8: find it
+            from ..tokenization import _check_utf8
+
+            for file in files:
+                _check_utf8(file)
+        cause = err.__cause__ or err.__context__  # the parser's own words (a JSON error names the row)
+        detail = f"{err}" + (f" ({type(cause).__name__}: {cause})" if cause is not None else "")
+        raise ValueError(f"could not read data files {', '.join(map(repr, files))}: {detail}") from err
     raw["train"] = _text_only(raw["train"], text_column, ", ".join(map(repr, files)))
+    if not streaming:
+        _check_text_rows(raw["train"], ", ".join(map(repr, files)), text_column)
     return raw
+
+
+def _check_text_rows(ds, source: str, text_column: str) -> None:
+    """Every row's text is a string: a null or a number would fail deep inside splitting or tokenizing."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = ds.data.column("text")
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise ValueError(f"{source}: column {text_column!r} holds {column.type}, not text")
+    if column.null_count:
+        row = pc.index(pc.is_null(column), True).as_py()
+        raise ValueError(f"{source}: row {row} (from 0) has no {text_column!r} text (null)")
 
 
 def _text_only(ds, text_column: str, source: str):
     columns = ds.column_names
     if columns is not None and text_column not in columns:
         raise ValueError(f"{source} has no column {text_column!r} (columns: {', '.join(columns)}); "
-                         "set text_column")
+                         "set dataset_text_field")
     if text_column != "text":
         ds = ds.rename_column(text_column, "text")
     return ds.select_columns(["text"])

@@ -21,6 +21,15 @@ FAMILIES = {
     "t5": ("MiniT5Config", "MiniT5ForConditionalGeneration", "span"),
 }
 TRACKERS = ("tensorboard", "trackio", "wandb")
+# The arguments that fix a run's data, tokenizer and model. A relaunch into the same output_dir resumes that run,
+# so these must match the run.json there; the others (max_steps, learning rate, logging...) may change.
+RUN_IDENTITY = {
+    "model_args": ("family", "model_name_or_path", "model_preset", "model_config", "tokenizer_name_or_path",
+                   "vocab_size", "block_size"),
+    "data_args": ("data_files", "dataset_name", "dataset_config", "dataset_text_field", "dataset_streaming",
+                  "split_by", "validation_split_size", "test_split_size"),
+    "training_args": ("seed",),
+}
 
 
 def make_accelerator(args):
@@ -92,7 +101,11 @@ def pretrain(model_args, data_args, args) -> dict:
 
     if model_args.family not in FAMILIES:
         raise ValueError(f"family={model_args.family!r} is unknown; choose one of {', '.join(FAMILIES)}")
+    start_over = check_output_dir(args.output_dir, model_args, data_args, args)
     accelerator = make_accelerator(args)
+    if accelerator.is_main_process:  # before the tokenizer lands there: the folder now belongs to this run
+        write_run_info(accelerator, args.output_dir, model_args, data_args, args, stats=None,
+                       keep_existing=not start_over)
     logger.info("world_size=%d distributed_type=%s mixed_precision=%s device=%s", accelerator.num_processes,
                 accelerator.distributed_type.value, accelerator.mixed_precision, accelerator.device)
     set_seed(args.seed)
@@ -103,7 +116,7 @@ def pretrain(model_args, data_args, args) -> dict:
             validation_fraction=data_args.validation_split_size, test_fraction=data_args.test_split_size,
             split_by=data_args.split_by, seed=args.seed, streaming=data_args.dataset_streaming,
             streaming_validation_documents=data_args.streaming_validation_documents)
-    tokenizer = load_or_train_tokenizer(accelerator, model_args, corpus, args.output_dir)
+    tokenizer = load_or_train_tokenizer(accelerator, model_args, corpus, args.output_dir, reuse=not start_over)
     config = build_config(model_args, tokenizer)
     packed_length, target_length = sample_lengths(model_args, data_args)
     with accelerator.main_process_first():
@@ -128,9 +141,9 @@ def pretrain(model_args, data_args, args) -> dict:
     return {**result, "output_dir": args.output_dir}
 
 
-def load_or_train_tokenizer(accelerator, model_args, corpus, output_dir: str):
-    """The given tokenizer, else the one this run already trained (a relaunch), else a new one trained on the
-    train split (main process first, then the others load it)."""
+def load_or_train_tokenizer(accelerator, model_args, corpus, output_dir: str, reuse: bool = True):
+    """The given tokenizer, else the one this run already trained (a relaunch; ``reuse``), else a new one trained
+    on the train split (main process first, then the others load it)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     source = model_args.tokenizer_name_or_path
@@ -140,7 +153,7 @@ def load_or_train_tokenizer(accelerator, model_args, corpus, output_dir: str):
     if source is not None:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
     with accelerator.main_process_first():
-        if _has_tokenizer(output_dir):  # not AutoTokenizer: a finished folder's auto_map would prompt y/N
+        if reuse and _has_tokenizer(output_dir):  # not AutoTokenizer: a finished folder's auto_map would prompt y/N
             logger.info("using the tokenizer this run trained earlier, in %s", output_dir)
             return PreTrainedTokenizerFast.from_pretrained(output_dir)
         tokenizer = _train_tokenizer(model_args, corpus["train"])
@@ -180,6 +193,9 @@ def build_config(model_args, tokenizer):
         config = AutoConfig.from_pretrained(model_args.model_name_or_path,
                                             trust_remote_code=model_args.trust_remote_code)
     else:
+        unknown = sorted(set(model_args.model_config or {}) - set(config_cls().to_dict()))
+        if unknown:  # a typo (num_hidden_layer) would otherwise ride along in config.json, unused
+            raise ValueError(f"model_config: {config_cls.__name__} has no field {', '.join(map(repr, unknown))}")
         fields = {**_special_ids(tokenizer, model_args.family), "vocab_size": len(tokenizer),
                   "max_position_embeddings": model_args.block_size, **(model_args.model_config or {})}
         if model_args.model_preset and not hasattr(config_cls, "from_preset"):
@@ -281,20 +297,69 @@ def finish(accelerator, model, tokenizer, output_dir: str) -> None:
         logger.info("saved the Hub-ready model, tokenizer, metrics.jsonl and loss.png in %s", output_dir)
 
 
-def write_run_info(accelerator, output_dir, model_args, data_args, args, stats) -> None:
-    """``run.json``: every argument, the data stats and how the run was launched (read by the model card)."""
+def check_output_dir(output_dir: str, model_args, data_args, args) -> bool:
+    """``output_dir`` is new, or holds this same run (a relaunch resumes it): the ``RUN_IDENTITY`` arguments in its
+    run.json match. A folder with training progress (a checkpoint or a model) from another run, or from no recorded
+    one, is an error before anything is written. Without progress (an earlier launch that failed before training),
+    the run starts over, tokenizer included: returns True."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir={output_dir!r} is a file")
+    if not os.path.isdir(output_dir):
+        return False
+    names = os.listdir(output_dir)
+    progress = sorted(n for n in names if n.startswith("checkpoint-") or n == "model.safetensors")
+    path = os.path.join(output_dir, "run.json")
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} is not readable JSON ({err}): is output_dir another program's folder?") from None
+        current = {"model_args": model_args, "data_args": data_args, "training_args": args}
+        changed = [f"{key}={_comparable(key, stored[group][key])!r} there, {_comparable(key, value)!r} now"
+                   for group, keys in RUN_IDENTITY.items() for key in keys
+                   if key in stored.get(group, {})
+                   and _comparable(key, stored[group][key]) != _comparable(key, value := getattr(current[group], key))]
+        if changed and progress:
+            raise ValueError(f"output_dir={output_dir!r} holds another run ({'; '.join(changed)}); a relaunch "
+                             "resumes the run in its output_dir: give a new output_dir, or delete that one")
+        if changed:
+            logger.warning("output_dir %s holds an earlier launch that never trained (%s): starting over",
+                           output_dir, "; ".join(changed))
+        return bool(changed)
+    if progress:
+        raise ValueError(f"output_dir={output_dir!r} holds {', '.join(progress)} but no run.json, so no record of "
+                         "the run they came from: delete them or give a new output_dir")
+    return "tokenizer.json" in names  # a tokenizer of no recorded run: train a new one
+
+
+def _comparable(key: str, value):
+    """JSON round trip (run.json stores them so); data files as absolute paths."""
+    value = json.loads(json.dumps(value, default=str))
+    if key == "data_files" and value:
+        return [os.path.abspath(p) for p in value]
+    return value
+
+
+def write_run_info(accelerator, output_dir, model_args, data_args, args, stats, keep_existing=False) -> None:
+    """``run.json``: every argument, the data stats and how the run was launched (read by the model card).
+    ``keep_existing``: write only when there is none yet (the run's first launch claims the folder)."""
     import accelerate
     import torch
     import transformers
 
+    path = os.path.join(output_dir, "run.json")
+    if keep_existing and os.path.isfile(path):
+        return
     info = {"model_args": _dict(model_args), "data_args": _dict(data_args), "training_args": _dict(args),
             "data_stats": stats, "world_size": accelerator.num_processes,
             "distributed_type": accelerator.distributed_type.value, "mixed_precision": accelerator.mixed_precision,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "accelerate": accelerate.__version__}}
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "run.json"), "w") as f:
+    with open(path + ".tmp", "w") as f:  # others read it at their start: never a half-written file
         json.dump(info, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
 
 
 def _dict(obj) -> dict:

@@ -198,6 +198,32 @@ def test_tokenizer_larger_than_the_model_is_an_error_before_training(workdir, re
 
 
 @pytest.mark.slow
+def test_relaunch_into_the_folder_of_another_run_is_an_error_that_changes_nothing(workdir, reference):
+    output_dir = workdir / "another"
+    shutil.copytree(reference[0], output_dir)
+    (workdir / "other.txt").write_text((REPO / "recipes" / "data" / "tinyshakespeare.txt").read_text()[20_000:40_000])
+    before = {p.name: p.stat().st_mtime_ns for p in output_dir.iterdir()}
+    proc = run(workdir, recipe_args(workdir, output_dir, data_files=workdir / "other.txt"))
+    assert proc.returncode == 2 and "holds another run (data_files=" in proc.stderr and "other.txt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in output_dir.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_a_launch_that_failed_before_training_is_started_over(workdir):
+    # A failed launch leaves run.json and its tokenizer; a corrected relaunch must not reuse that tokenizer.
+    output_dir = workdir / "typo"
+    typo = json.dumps({**TINY_MODEL, "num_hidden_layer": 1})
+    proc = run(workdir, recipe_args(workdir, output_dir, model_config=typo))
+    assert proc.returncode == 2 and "has no field 'num_hidden_layer'" in proc.stderr
+    assert (output_dir / "tokenizer.json").exists() and not (output_dir / "metrics.jsonl").exists()
+    proc = run(workdir, recipe_args(workdir, output_dir, vocab_size=300, max_steps=2, eval_steps=2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "never trained" in proc.stderr
+    assert json.loads((output_dir / "config.json").read_text())["vocab_size"] == 300
+
+
+@pytest.mark.slow
 def test_cpu_profile_forms_a_two_process_group(workdir, reference):
     """recipes/accelerate/cpu.yaml alone (no ACCELERATE_USE_CPU): the recipe turns it into real CPU DDP."""
     output_dir = workdir / "profile"
@@ -273,6 +299,7 @@ def test_two_process_streamed_run_resumes_from_its_stream_position(workdir, refe
     resumed = workdir / "stream-resumed"
     resumed.mkdir()
     shutil.copytree(whole / "checkpoint-4", resumed / "checkpoint-4")
+    shutil.copy(whole / "run.json", resumed / "run.json")  # an interrupted run's folder holds its run.json
     proc = launch(resumed)
     assert re.search(r"resumed from \S+checkpoint-4 ", proc.stderr) and "replaying" not in proc.stderr
 

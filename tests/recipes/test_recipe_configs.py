@@ -1,5 +1,6 @@
 """Every recipe YAML parses against its script's parser; every launch profile loads with accelerate's reader."""
 
+import importlib
 import importlib.util
 import re
 import subprocess
@@ -75,6 +76,21 @@ def test_unknown_config_key_is_rejected(tmp_path):
     bad.write_text("output_dir: runs/x\ndata_files: [a.txt]\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match="learning_rat"):
         script.make_parser().parse_args_and_config(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("output_dir: runs/x\ndata_files: [a.txt]\nlearning_rat: 0.1\n", "unknown field(s) learning_rat"),
+    ("family: gpt\n  bad: [\n", "not valid YAML"),
+    ("output_dir: runs/x\ndata_files: [a.txt]\nmodel_config: [1, 2]\n", "model_config=[1, 2] must be a mapping"),
+])
+def test_a_bad_config_file_is_one_error_naming_the_file(tmp_path, text, needle):
+    script = load_recipe("pretrain")
+    common = importlib.import_module("common")  # recipes/ is on sys.path once a recipe is loaded
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(needle)) as err:
+        common.parse(script.make_parser(), ["--config", str(bad)])
+    assert str(bad) in str(err.value) or "model_config" in needle
 
 
 def test_bad_args_give_one_line_and_exit_2_without_traceback():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -106,3 +107,28 @@ def test_errors_name_the_file(tmp_path):
     blank.write_text('{"text": ""}\n' * 3)
     with pytest.raises(ValueError, match="empty"):
         load_corpus(data_files=[str(blank)], split_by="tail", cache_dir=str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ('{"text": null}\n{"text": "hello there."}\n', "row 0 (from 0) has no 'text' text (null)"),
+    ('{"text": "hello there."}\n{"text": null}\n', "row 1 (from 0)"),
+    ('{"text": 5}\n{"text": 7}\n', "holds int64, not text"),
+])
+def test_rows_without_text_are_named(tmp_path, rows, needle):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(rows)
+    with pytest.raises(ValueError, match=re.escape(needle)) as err:
+        load_corpus(data_files=[str(path)], cache_dir=str(tmp_path / "hf"))
+    assert "rows.jsonl" in str(err.value)
+
+
+def test_text_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("Ça va très bien.\n".encode("latin-1") * 20)
+    with pytest.raises(ValueError, match="latin1.txt' is not UTF-8 text"):
+        load_corpus(data_files=[str(path)], cache_dir=str(tmp_path / "hf"))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a."}\n{"text": "b."}\n{"text": "c."}\n{"text": oops}\n')
+    with pytest.raises(ValueError, match="broken.jsonl") as err:
+        load_corpus(data_files=[str(broken)], cache_dir=str(tmp_path / "hf"))
+    assert "row 3" in str(err.value) or "line 4" in str(err.value)
