@@ -249,7 +249,7 @@ class MiniT5Config(MiniConfigBase):
         # spaces the rest logarithmically out to max_distance, which must lie beyond the exact ones.
         _check_int("relative_attention_num_buckets", self.relative_attention_num_buckets, minimum=4)
         _check_int("relative_attention_max_distance", self.relative_attention_max_distance,
-                        minimum=self.relative_attention_num_buckets // 2 + 1)
+                   minimum=self.relative_attention_num_buckets // 2 + 1)
 
 
 __all__ = ["MiniConfigBase", "MiniGPTConfig", "MiniBertConfig", "MiniT5Config", "MINIGPT_PRESETS"]

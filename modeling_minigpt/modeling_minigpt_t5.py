@@ -76,8 +76,9 @@ class MiniT5PreTrainedModel(MiniPreTrainedModel):
                 "gate_proj": d**-0.5, "up_proj": d**-0.5, "down_proj": c.intermediate_size**-0.5,
                 "relative_attention_bias": d**-0.5}
         for name, module in self.named_modules():
-            if name.rsplit(".", 1)[-1] in stds:
-                module.t5_init_std = stds[name.rsplit(".", 1)[-1]]
+            std = stds.get(name.rsplit(".", 1)[-1])
+            if std is not None:
+                module.t5_init_std = std
 
     def _shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """labels (B, T) -> decoder inputs (B, T): [decoder_start, labels[:-1]], with -100 replaced by pad."""

@@ -97,7 +97,7 @@ def train_tokenizer(
             backend.train(files, trainer)
         except Exception:  # the Rust trainer names no file: find the one that is not UTF-8
             for file in files:
-                _check_utf8(file)
+                check_utf8(file)
             raise
     else:
         backend.train_from_iterator(texts, trainer)
@@ -129,7 +129,8 @@ def _check_file(path: str) -> str:
     return path
 
 
-def _check_utf8(path: str) -> None:
+def check_utf8(path: str) -> None:
+    """A ValueError naming ``path`` and the byte where it stops being UTF-8 (the Rust readers name no file)."""
     decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
     with open(path, "rb") as f:
         try:

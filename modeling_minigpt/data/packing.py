@@ -126,10 +126,10 @@ def _load_files(files, text_column, streaming, cache_dir):
                                     **kwargs)
     except Exception as err:  # datasets wraps parse errors in its own types; name the files instead
         if builder == "text":  # its error names no cause for a file that is not UTF-8: find it
-            from ..tokenization import _check_utf8
+            from ..tokenization import check_utf8
 
             for file in files:
-                _check_utf8(file)
+                check_utf8(file)
         cause = err.__cause__ or err.__context__  # the parser's own words (a JSON error names the row)
         detail = f"{err}" + (f" ({type(cause).__name__}: {cause})" if cause is not None else "")
         raise ValueError(f"could not read data files {', '.join(map(repr, files))}: {detail}") from err
