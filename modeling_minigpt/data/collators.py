@@ -137,6 +137,10 @@ class DataCollatorForSpanCorruption:
             raise ValueError(f"sentinel_step={self.sentinel_step!r} must be +1 or -1")
         self._rng = random.Random(self.seed) if self.seed is not None else random  # lists: faster than torch here
 
+    def reseed(self, seed: int) -> None:
+        """Draw the next batches' spans from ``random.Random(seed)`` (see ``ContentSeededCollator``)."""
+        self._rng = random.Random(seed)
+
     @classmethod
     def from_tokenizer(cls, tokenizer, **kwargs) -> "DataCollatorForSpanCorruption":
         """Sentinel start/step, eos and pad ids from a tokenizer with ``<extra_id_0>`` and ``<extra_id_1>``."""
@@ -205,3 +209,33 @@ class DataCollatorForSpanCorruption:
         if self.return_decoder_attention_mask:
             batch["decoder_attention_mask"] = (labels != -100).long()
         return batch
+
+
+class ContentSeededCollator:
+    """A masking collator (masked LM, span corruption) whose random choices for a batch come from a generator
+    seeded by (``seed``, the batch's token ids) instead of the global RNG.
+
+    accelerate's DataLoader collates one batch ahead of the training step, so the global RNG state that a
+    checkpoint saves is a batch further on, and a resumed run would mask every later batch differently. Seeded by
+    content, batch k is masked the same in a resumed run as in an uninterrupted one, and every evaluation masks
+    its batches the same way (eval losses compare). Batches are reshuffled each epoch, so a block still meets new
+    masks. Wraps transformers' collators (their ``generator``) and ``DataCollatorForSpanCorruption`` (``reseed``).
+    """
+
+    def __init__(self, collator, seed: int):
+        self.collator, self.seed = collator, seed
+
+    def __call__(self, rows):
+        import hashlib
+
+        import numpy as np
+        import torch
+
+        ids = np.concatenate([np.asarray(row["input_ids"], dtype=np.int64).ravel() for row in rows])
+        digest = hashlib.blake2b(ids.tobytes(), digest_size=8, key=str(self.seed).encode()).digest()
+        seed = int.from_bytes(digest, "little") >> 1  # 63 bits: torch's manual_seed takes no more
+        if hasattr(self.collator, "reseed"):
+            self.collator.reseed(seed)
+        else:
+            self.collator.generator = torch.Generator().manual_seed(seed)
+        return self.collator(rows)

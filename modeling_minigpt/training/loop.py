@@ -6,8 +6,8 @@ learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon, max_grad_norm
 lr_scheduler_kwargs, warmup_steps, logging_steps, eval_steps, save_steps, save_total_limit, seed,
 max_nonfinite_steps, dataloader_num_workers.
 
-Resume is bit-identical for the causal objective (SIGKILL + relaunch gives the same final loss as one
-uninterrupted run, dropout on; masked-LM and span-corruption masks are drawn one batch ahead, see recipes/README): the
+Resume is bit-identical (SIGKILL + relaunch gives the same final loss as one uninterrupted run, dropout on; masks
+are seeded by batch content, ``data.collators.ContentSeededCollator``, since the collator runs a batch ahead): the
 sampler is accelerate's seedable one, the DataLoader owns its generator, the model, optimizer, scheduler, RNG
 states and step counters go into the checkpoint (safetensors + JSON, see ``checkpoints``), and the data position
 is restored with ``set_epoch`` + ``skip_first_batches``. A streamed train split is split across ranks with

@@ -125,7 +125,7 @@ def pretrain(model_args, data_args, args) -> dict:
     set_seed(args.seed)  # the same initial weights whatever ran before
     model = build_model(model_args, config, args)
     objective = build_objective(model_args, config, packed, packed_length, target_length)
-    collator = build_collator(model_args, data_args, tokenizer, target_length)
+    collator = build_collator(model_args, data_args, tokenizer, target_length, args.seed)
     if accelerator.is_main_process:
         write_run_info(accelerator, args.output_dir, model_args, data_args, args, packed.stats)
     if accelerator.log_with:
@@ -259,21 +259,21 @@ def build_objective(model_args, config, packed, packed_length: int, target_lengt
     return Objective(FAMILIES[model_args.family][2], packed_length, per_byte, flops)
 
 
-def build_collator(model_args, data_args, tokenizer, target_length):
+def build_collator(model_args, data_args, tokenizer, target_length, seed: int):
+    """Causal: the blocks as they are. Masked LM and span corruption: masks seeded by each batch's content, so a
+    resumed run masks exactly as an uninterrupted one (``ContentSeededCollator``)."""
     if model_args.family == "gpt":
         return causal_collator
+    from ..data.collators import ContentSeededCollator, DataCollatorForSpanCorruption, DataCollatorForWholeWordMask
+
     if model_args.family == "bert":
         from transformers import DataCollatorForLanguageModeling
 
-        from ..data.collators import DataCollatorForWholeWordMask
-
         cls = DataCollatorForWholeWordMask if data_args.whole_word_mask else DataCollatorForLanguageModeling
-        return cls(tokenizer, mlm=True, mlm_probability=data_args.mlm_probability)
-    from ..data.collators import DataCollatorForSpanCorruption
-
-    return DataCollatorForSpanCorruption.from_tokenizer(
+        return ContentSeededCollator(cls(tokenizer, mlm=True, mlm_probability=data_args.mlm_probability), seed)
+    return ContentSeededCollator(DataCollatorForSpanCorruption.from_tokenizer(
         tokenizer, noise_density=data_args.noise_density, mean_noise_span_length=data_args.mean_noise_span_length,
-        input_length=model_args.block_size, target_length=target_length)
+        input_length=model_args.block_size, target_length=target_length), seed)
 
 
 def causal_collator(rows):

@@ -148,3 +148,25 @@ def test_bad_settings_name_the_field(field, value):
     kw = dict(sentinel_start_id=3, eos_token_id=EOS, pad_token_id=PAD)
     with pytest.raises(ValueError, match=field):
         DataCollatorForSpanCorruption(**{**kw, field: value})
+
+
+def test_content_seeded_masks_depend_on_the_batch_not_on_the_global_rng():
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+
+    from modeling_minigpt.data.collators import ContentSeededCollator
+    from modeling_minigpt.tokenization import train_tokenizer
+
+    tok = train_tokenizer(texts=["to be or not to be, that is the question"] * 20, vocab_size=300, family="bert",
+                          show_progress=False)
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    rows = [{"input_ids": list(range(10, 74))}, {"input_ids": list(range(80, 144))}]
+    other = [rows[1], rows[0]]  # the same blocks in another batch (another epoch's shuffle)
+    for inner in (DataCollatorForLanguageModeling(tok, mlm=True), collator()):
+        wrapped = ContentSeededCollator(inner, seed=42)
+        torch.manual_seed(0)
+        first = wrapped(rows)
+        torch.manual_seed(1)  # the global RNG moved on (as when accelerate collates a batch ahead)
+        again = wrapped(rows)
+        assert all(torch.equal(first[k], again[k]) for k in first)
+        assert not torch.equal(wrapped(other)["labels"][0], first["labels"][1])  # another batch: other masks
+        assert not torch.equal(ContentSeededCollator(inner, seed=7)(rows)["labels"], first["labels"])
