@@ -222,6 +222,10 @@ def train(accelerator, model, train_ds, eval_ds, collator, objective: Objective,
     batches = micro_batches(accelerator, train_dl, state.step * args.gradient_accumulation_steps, saved.get("stream"))
     tokens_per_step = (args.gradient_accumulation_steps * args.per_device_train_batch_size
                        * objective.tokens_per_sample * accelerator.num_processes)
+    if resume and state.step and state.tokens != state.step * tokens_per_step:
+        logger.warning("the checkpoint trained %d tokens a step, this launch %d (other processes, batch size or "
+                       "accumulation): the data position is an estimate, and some samples are seen twice or not at "
+                       "all until the next epoch", state.tokens // state.step, tokens_per_step)
     meter = _Meter(accelerator, objective)
     result = {"eval": None, "stopped_by": None}
     with GracefulStop() as stop, _progress(accelerator, args.max_steps, state.step) as bar:

@@ -176,3 +176,19 @@ def test_deepspeed_gets_the_micro_batch_size_a_stream_cannot_give_it():
     _set_deepspeed_batch_size(accelerator(fixed), loop_args("unused", per_device_train_batch_size=6))
     assert auto["train_micro_batch_size_per_gpu"] == 6 and fixed["train_micro_batch_size_per_gpu"] == 2
     _set_deepspeed_batch_size(SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None)), loop_args("unused"))
+
+
+def test_resuming_with_another_batch_size_warns_that_the_data_position_is_estimated(tmp_path, fresh_accelerate,
+                                                                                    caplog):
+    from accelerate import Accelerator
+
+    good = TurnsNaN(good=10**9)
+    train(Accelerator(cpu=True), good, blocks(), None, causal_collator, Objective("causal", 8),
+          loop_args(tmp_path, max_steps=4))
+    with caplog.at_level("WARNING", logger="modeling_minigpt.training.loop"):
+        train(Accelerator(cpu=True), good, blocks(), None, causal_collator, Objective("causal", 8),
+              loop_args(tmp_path, max_steps=6))  # the same batch: an exact resume, no warning
+        assert "tokens a step" not in caplog.text
+        train(Accelerator(cpu=True), good, blocks(), None, causal_collator, Objective("causal", 8),
+              loop_args(tmp_path, max_steps=8, per_device_train_batch_size=2))
+    assert "the checkpoint trained 32 tokens a step, this launch 16" in caplog.text
