@@ -34,7 +34,7 @@ def parse(parser, argv=None) -> tuple:
     config = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
                    if a.split("=", 1)[0] == "--config" and ("=" in a or i + 1 < len(argv))), None)
     try:
-        return parser.parse_args_and_config(argv)
+        parsed = parser.parse_args_and_config(argv)
     except yaml.YAMLError as err:
         raise ValueError(f"{config}: not valid YAML: {' '.join(str(err).split())}") from None
     except ValueError as err:
@@ -42,6 +42,23 @@ def parse(parser, argv=None) -> tuple:
             keys = [a[2:] for a in re.findall(r"'(--[^']+)'", str(err))]
             raise ValueError(f"{config}: unknown field(s) {', '.join(keys)} (see --help for the fields)") from None
         raise
+    if config is not None:
+        _merge_mappings(parsed, config, argv)
+    return parsed
+
+
+def _merge_mappings(parsed, config: str, argv: list[str]) -> None:
+    """A mapping given on the command line (``--model_config '{"num_hidden_layers": 2}'``) updates the config
+    file's mapping instead of replacing it: changing one field keeps the file's others (a tiny model stays tiny)."""
+    import yaml
+
+    with open(config) as f:
+        from_file = yaml.safe_load(f) or {}
+    flags = {a.split("=", 1)[0][2:] for a in argv if a.startswith("--")}
+    for obj in parsed:
+        for name, value in vars(obj).items():
+            if name in flags and isinstance(value, dict) and isinstance(from_file.get(name), dict):
+                setattr(obj, name, {**from_file[name], **value})
 
 
 def json_field(value, name: str) -> dict | None:

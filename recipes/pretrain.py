@@ -48,7 +48,7 @@ class ModelArguments:
     model_preset: str | None = field(default=None, metadata={"help": "gpt preset: tiny, tiny-llama, gpt2, ..."})
     model_config: dict | str | None = field(
         default=None, metadata={"help": "config fields (YAML mapping or JSON string), over the preset; on the "
-                                          "command line it replaces the YAML file's whole mapping"})
+                                          "command line it updates the YAML file's mapping"})
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "a saved tokenizer; default: train one on the train split"})
     vocab_size: int = field(default=4096, metadata={"help": "size of the tokenizer trained by the run"})

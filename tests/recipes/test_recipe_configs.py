@@ -139,3 +139,13 @@ def test_profile_loads_with_accelerate(profile):
         assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "TransformerLayer"
     if profile.stem == "deepspeed":
         assert config.deepspeed_config["zero_stage"] in (2, 3)
+
+
+def test_a_mapping_on_the_command_line_updates_the_config_files_mapping():
+    script = load_recipe("pretrain")
+    common = importlib.import_module("common")
+    config = REPO / "recipes" / "configs" / "bert" / "tiny_pretrain.yaml"
+    model_args = common.parse(script.make_parser(), ["--config", str(config),
+                                                     "--model_config", '{"num_hidden_layers": 2}'])[0]
+    assert model_args.model_config["num_hidden_layers"] == 2
+    assert model_args.model_config["hidden_size"] == yaml.safe_load(config.read_text())["model_config"]["hidden_size"]
