@@ -316,10 +316,14 @@ def check_output_dir(output_dir: str, model_args, data_args, args) -> bool:
         except (OSError, ValueError) as err:
             raise ValueError(f"{path} is not readable JSON ({err}): is output_dir another program's folder?") from None
         current = {"model_args": model_args, "data_args": data_args, "training_args": args}
-        changed = [f"{key}={_comparable(key, stored[group][key])!r} there, {_comparable(key, value)!r} now"
-                   for group, keys in RUN_IDENTITY.items() for key in keys
-                   if key in stored.get(group, {})
-                   and _comparable(key, stored[group][key]) != _comparable(key, value := getattr(current[group], key))]
+        changed = []
+        for group, keys in RUN_IDENTITY.items():
+            for key in keys:
+                if key not in stored.get(group, {}):  # a field added since that run was launched
+                    continue
+                then, now = _comparable(key, stored[group][key]), _comparable(key, getattr(current[group], key))
+                if then != now:
+                    changed.append(f"{key}={then!r} there, {now!r} now")
         if changed and progress:
             raise ValueError(f"output_dir={output_dir!r} holds another run ({'; '.join(changed)}); a relaunch "
                              "resumes the run in its output_dir: give a new output_dir, or delete that one")
